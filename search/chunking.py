@@ -1,0 +1,136 @@
+"""Chunking: a review's body into passages that follow the notes' own structure.
+
+A passage is one paragraph of a review. Reviewers introduce paragraphs with
+short label lines (`후기`, `1. 문제 정의`, `RLVR 개념`), which carry little
+meaning alone but tell what the paragraph is about, so a label is joined to
+the paragraph it introduces. A paragraph longer than the token budget is cut
+at sentence boundaries. What gets embedded carries the paper title as context
+(a review rarely repeats the title, yet queries often name the paper); what
+is shown is the passage itself.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+from .reader import Review
+
+TokenCounter = Callable[[str], int]
+
+# Room for the title, the e5 prefix and special tokens within the model's 512.
+MAX_PASSAGE_TOKENS = 320
+# A label is a heading-like line: short and not a sentence.
+MAX_LABEL_CHARS = 40
+_SENTENCE_END = re.compile(r"(?<=[.!?。])\s+")
+_ENDS_LIKE_SENTENCE = re.compile(r"[.!?。:]$|다$")
+
+
+@dataclass(frozen=True)
+class Passage:
+    """A span of one review: `text` is shown to people, `embed_text` is what the model sees."""
+
+    review: Review
+    passage_no: int
+    line: int  # 1-based line of the passage's first line in the file
+    end_line: int
+    text: str
+    embed_text: str
+
+
+Line = tuple[int, str]  # (1-based line number in the file, stripped text)
+
+
+def _blocks(review: Review) -> Iterator[list[Line]]:
+    """Blank-line separated blocks of the body."""
+    block: list[Line] = []
+    for offset, raw in enumerate(review.body_lines):
+        if raw.strip():
+            block.append((review.body_start + offset, raw.strip()))
+        elif block:
+            yield block
+            block = []
+    if block:
+        yield block
+
+
+def is_label(line: str) -> bool:
+    """True for a heading-like line that introduces the paragraph after it (`후기`, `1. 문제 정의`)."""
+    line = line.strip()
+    return 0 < len(line) <= MAX_LABEL_CHARS and not _ENDS_LIKE_SENTENCE.search(line)
+
+
+def _paragraphs(review: Review) -> Iterator[list[Line]]:
+    """Blocks, with lone label lines joined to the block that follows them."""
+    labels: list[Line] = []
+    for block in _blocks(review):
+        if len(block) == 1 and is_label(block[0][1]):
+            labels.append(block[0])
+            continue
+        yield labels + block
+        labels = []
+    if labels:  # labels with nothing after them still say something
+        yield labels
+
+
+def _render(units: list[Line]) -> str:
+    """Sentences from one line are joined by a space, lines by a newline."""
+    text, prev = "", None
+    for line_no, sentence in units:
+        text += sentence if prev is None else ((" " if line_no == prev else "\n") + sentence)
+        prev = line_no
+    return text
+
+
+def _sentences(paragraph: list[Line], count: TokenCounter, budget: int) -> Iterator[Line]:
+    """The paragraph's sentences; one sentence over the budget is cut into word runs."""
+    for line_no, line in paragraph:
+        for sentence in _SENTENCE_END.split(line):
+            if not sentence:
+                continue
+            if count(sentence) <= budget:
+                yield line_no, sentence
+                continue
+            words: list[str] = []
+            for word in sentence.split():
+                if words and count(" ".join(words + [word])) > budget:
+                    yield line_no, " ".join(words)
+                    words = []
+                words.append(word)
+            if words:
+                yield line_no, " ".join(words)
+
+
+def _fit(paragraph: list[Line], count: TokenCounter, budget: int) -> Iterator[list[Line]]:
+    """Pack a paragraph's sentences greedily into pieces that stay under the budget."""
+    if count(_render(paragraph)) <= budget:
+        yield paragraph
+        return
+    piece: list[Line] = []
+    for unit in _sentences(paragraph, count, budget):
+        if piece and count(_render(piece + [unit])) > budget:
+            yield piece
+            piece = []
+        piece.append(unit)
+    if piece:
+        yield piece
+
+
+def chunk_review(review: Review, count: TokenCounter, budget: int = MAX_PASSAGE_TOKENS) -> list[Passage]:
+    """Split one review into passages under `budget` tokens, each with its file line numbers."""
+    passages: list[Passage] = []
+    for paragraph in _paragraphs(review):
+        for piece in _fit(paragraph, count, budget):
+            text = _render(piece)
+            passages.append(
+                Passage(
+                    review=review,
+                    passage_no=len(passages) + 1,
+                    line=piece[0][0],
+                    end_line=piece[-1][0],
+                    text=text,
+                    embed_text=f"{review.topic}\n{text}",
+                )
+            )
+    return passages

@@ -1,0 +1,255 @@
+"""Reading weekly review files: Markdown notes in, `Review` records out.
+
+The notes follow a loose template (see README, "Data format"):
+
+    # 📚 11주차
+    ### 주제 1: <paper title>
+    - **발표자**: <presenter>
+    ### 리뷰 1
+    - **리뷰어**: <reviewer>
+    <free text>
+    ---
+    <br>
+
+Real files drift from it (CRLF, BOM, `##` instead of `###`, a missing week
+number, colons inside titles, trailing spaces, bullet lists inside a review),
+so the parser is line-based and forgiving: metadata lines only count right
+after their heading, and anything it cannot place becomes a `Problem` rather
+than an exception.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+# Larger files are not review notes; reading them whole would only waste memory.
+MAX_FILE_BYTES = 5 * 1024 * 1024
+
+_WEEK_IN_HEADER = re.compile(r"(\d+)\s*주차")
+_WEEK_IN_NAME = re.compile(r"(?:(\d+)\s*주차|week[\s_-]*(\d+))", re.IGNORECASE)
+_H1 = re.compile(r"^#(?!#)\s*(.*)$")
+_TOPIC = re.compile(r"^#{1,6}\s*주제\s*(\d+)\s*[:：]\s*(.*)$")
+_REVIEW = re.compile(r"^#{1,6}\s*리뷰\s*(\d+)\s*[:：]?\s*$")
+_PRESENTER = re.compile(r"^[-*+]\s*\*\*\s*발표자\s*[:：]?\s*\*\*\s*[:：]?(.*)$")
+_REVIEWER = re.compile(r"^[-*+]\s*\*\*\s*리뷰어\s*[:：]?\s*\*\*\s*[:：]?(.*)$")
+_SEPARATOR = re.compile(r"^(?:-{3,}|\*{3,}|_{3,}|<br\s*/?>)$", re.IGNORECASE)
+PLACEHOLDER = "(내용)"
+
+
+@dataclass(frozen=True)
+class Review:
+    """One reviewer's notes on one paper, with where they came from."""
+
+    path: str  # resolved path of the file, the review's identity across runs
+    file: str  # file name only, NFC-normalised
+    week: int | None
+    topic_no: int
+    topic: str
+    presenter: str
+    review_no: int
+    reviewer: str
+    body_start: int  # 1-based line number of body_lines[0]
+    body_lines: tuple[str, ...]
+
+    @property
+    def body(self) -> str:
+        return "\n".join(self.body_lines).strip()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something in the input that was skipped, with the file and line to look at."""
+
+    path: str
+    line: int | None
+    message: str
+
+    def __str__(self) -> str:
+        where = self.path if self.line is None else f"{self.path}:{self.line}"
+        return f"{where}: {self.message}"
+
+
+@dataclass
+class ReadResult:
+    """Everything read from a set of paths: the reviews, the files they came from, and what was skipped."""
+
+    reviews: list[Review]
+    files: list[str]  # files that were parsed
+    skipped: list[str]  # files that exist but could not be read as text
+    problems: list[Problem]
+
+
+class InputError(Exception):
+    """A path given by the user cannot be read at all."""
+
+
+def week_from_name(name: str) -> int | None:
+    """Week number from a file name like `week11.md` or `2025-06-16_15주차.md`, else None."""
+    m = _WEEK_IN_NAME.search(name)
+    if not m:
+        return None
+    return int(m.group(1) or m.group(2))
+
+
+def week_of(lines: list[str], file: str) -> int | None:
+    """Week from the first `# ... N주차` header, else from the file name, else None."""
+    for line in lines:
+        if m := _H1.match(line.strip()):
+            if found := _WEEK_IN_HEADER.search(m.group(1)):
+                return int(found.group(1))
+            break
+    return week_from_name(file)
+
+
+def decode(data: bytes, path: str) -> tuple[str | None, Problem | None]:
+    """Bytes of a review file to normalised text (LF line ends, NFC, no BOM), or the reason it is not text."""
+    if b"\x00" in data:
+        return None, Problem(path, None, "binary file (contains NUL bytes), skipped")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return None, Problem(path, line, "not UTF-8 text, skipped")
+    # NFC: notes typed on macOS arrive as decomposed Hangul, which would neither
+    # match queries nor tokenize like the same words typed elsewhere.
+    text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return text, None
+
+
+def parse(text: str, path: str) -> tuple[list[Review], list[Problem]]:
+    """Parse one file's text into reviews; placeholders and topics without reviews yield nothing."""
+    reviews: list[Review] = []
+    problems: list[Problem] = []
+    file = unicodedata.normalize("NFC", Path(path).name)
+    lines = text.split("\n")
+    week = week_of(lines, file)
+    topic: tuple[int, str] | None = None
+    presenter = ""
+    # The review being collected: (review_no, reviewer, heading line, body [(line_no, text)])
+    current: tuple[int, str, int, list[tuple[int, str]]] | None = None
+    expect = None  # "presenter" / "reviewer": the metadata line allowed next
+    saw_structure = False
+
+    def close() -> None:
+        nonlocal current
+        if current is None or topic is None:
+            current = None
+            return
+        review_no, reviewer, head_line, body = current
+        current = None
+        while body and not body[-1][1].strip():
+            body.pop()
+        while body and not body[0][1].strip():
+            body.pop(0)
+        content = "\n".join(t for _, t in body).strip()
+        if not content or content == PLACEHOLDER:
+            return  # placeholder slot in the template, not a review
+        if not reviewer:
+            problems.append(Problem(path, head_line, f"리뷰 {review_no} has no reviewer; indexed as unnamed"))
+        reviews.append(
+            Review(
+                path=path,
+                file=file,
+                week=week,
+                topic_no=topic[0],
+                topic=topic[1],
+                presenter=presenter,
+                review_no=review_no,
+                reviewer=reviewer,
+                body_start=body[0][0],
+                body_lines=tuple(t.rstrip() for _, t in body),
+            )
+        )
+
+    for line_no, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if expect and not line:
+            continue
+        if expect == "presenter":
+            expect = None
+            m = _PRESENTER.match(line)
+            if m:
+                presenter = m.group(1).strip()
+                continue
+        elif expect == "reviewer":
+            expect = None
+            m = _REVIEWER.match(line)
+            if m and current is not None:
+                current = (current[0], m.group(1).strip(), current[2], current[3])
+                continue
+
+        if m := _TOPIC.match(line):
+            close()
+            topic = (int(m.group(1)), m.group(2).strip())
+            presenter = ""
+            expect = "presenter"
+            saw_structure = True
+        elif m := _REVIEW.match(line):
+            close()
+            saw_structure = True
+            if topic is None:
+                problems.append(Problem(path, line_no, "review before any 주제 heading, skipped"))
+                continue
+            current = (int(m.group(1)), "", line_no, [])
+            expect = "reviewer"
+        elif _H1.match(line):
+            pass  # the week header, read up front
+        elif _SEPARATOR.match(line):
+            close()
+        elif current is not None:
+            current[3].append((line_no, raw))
+    close()
+
+    if not saw_structure:
+        problems.append(Problem(path, None, "no 주제/리뷰 headings found, nothing indexed"))
+    return reviews, problems
+
+
+def markdown_files(paths: Iterable[str | Path]) -> Iterator[Path]:
+    """The `.md` files named by `paths` (files as given, folders searched recursively), sorted and unique."""
+    seen: set[Path] = set()
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".md" and f.is_file())
+        elif p.is_file():
+            found = [p]
+        elif p.exists():
+            raise InputError(f"{p}: not a regular file or folder")
+        else:
+            raise InputError(f"{p}: no such file or folder")
+        for f in found:
+            key = f.resolve()
+            if key not in seen and f.name.lower() != "readme.md":
+                seen.add(key)
+                yield f
+
+
+def read_reviews(paths: Iterable[str | Path]) -> ReadResult:
+    """Read every review file under `paths`; unreadable files become problems, never exceptions."""
+    result = ReadResult([], [], [], [])
+    for f in markdown_files(paths):
+        path = str(f.resolve())
+        try:
+            size = f.stat().st_size
+            if size > MAX_FILE_BYTES:
+                problem = Problem(path, None, f"file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for notes, skipped")
+            else:
+                text, problem = decode(f.read_bytes(), path)
+                if problem is None and not text.strip():
+                    problem = Problem(path, None, "empty file, skipped")
+        except OSError as e:
+            problem = Problem(path, None, f"cannot read ({e.strerror}), skipped")
+        if problem:
+            result.skipped.append(path)
+            result.problems.append(problem)
+            continue
+        reviews, problems = parse(text, path)
+        result.files.append(path)
+        result.reviews.extend(reviews)
+        result.problems.extend(problems)
+    return result

@@ -1,0 +1,77 @@
+"""Shared fixtures: the dev corpus (skipped where ../shared is absent), a fake encoder, built indexes."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fakes import FakeEncoder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SEEDS = ROOT / "seeds"
+SHARED = ROOT.parent / "shared"
+DEV = SHARED / "dev-corpus"
+
+
+@pytest.fixture(scope="session")
+def dev_corpus() -> Path:
+    """The labelled dev corpus, read in place; tests that need it skip where it is missing."""
+    if not (DEV / "weeks").is_dir():
+        pytest.skip(f"dev corpus not found at {DEV} (CI and developers have ../shared beside the clone)")
+    return DEV
+
+
+@pytest.fixture
+def fake_encoder() -> FakeEncoder:
+    return FakeEncoder()
+
+
+@pytest.fixture
+def notes(tmp_path: Path) -> Path:
+    """A folder with one small, well-formed week of notes."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "week3.md").write_text(SAMPLE_WEEK, encoding="utf-8")
+    return folder
+
+
+SAMPLE_WEEK = """# 📚 3주차
+
+### 주제 1: Whisper: Robust Speech Recognition via Large-Scale Weak Supervision
+- **발표자**: 김철수
+
+### 리뷰 1
+- **리뷰어**: 이영희
+
+1. 문제 정의
+
+위스퍼는 680,000시간의 약지도 데이터로 학습한 음성인식 모델이다. 잡음이 많은 환경에서도 robust하다.
+
+후기
+hallucination 문제가 남아 있다는 점이 아쉬웠다.
+
+---
+
+### 리뷰 2
+- **리뷰어**: 
+(내용)
+
+---
+
+<br>
+
+### 주제 2: LoRA: Low-Rank Adaptation of Large Language Models
+- **발표자**: 이영희
+
+### 리뷰 1
+- **리뷰어**: 김철수
+
+LoRA는 가중치 업데이트를 low-rank 행렬 두 개로 분해해서 학습 파라미터 수를 크게 줄인다. fine-tuning 비용이 낮아진다.
+
+---
+"""
