@@ -1,0 +1,320 @@
+"""The index store: FAISS vectors, passage metadata in SQLite, and a JSON manifest.
+
+On disk an index folder holds generations; `CURRENT` names the live one:
+
+    index/
+      CURRENT                 name of the live generation
+      gen-<time>-<rand>/      manifest.json, dense.faiss, passages.sqlite, lexical/
+      .lock                   held by a build while it runs
+
+A build writes a complete new generation under a temporary name, renames it,
+then replaces `CURRENT` with `os.replace`, which is atomic. A reader therefore
+sees the old index or the new one, never a mix, and a build killed at any
+moment leaves the previous generation live. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import sqlite3
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .lexical import LexicalIndex
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+MANIFEST = "manifest.json"
+VECTORS = "dense.faiss"
+PASSAGES = "passages.sqlite"
+LEXICAL = "lexical"
+LOCK = ".lock"
+_TMP_PREFIX = ".tmp-"
+_GEN_PREFIX = "gen-"
+# Exact search is fast enough up to here; past it HNSW keeps queries in milliseconds
+# (see README, "Scale", for the measurements behind the number).
+HNSW_FROM = 200_000
+
+
+class StoreError(Exception):
+    """The index cannot be used; the message says what to do."""
+
+
+class NoIndex(StoreError):
+    pass
+
+
+class IndexDamaged(StoreError):
+    pass
+
+
+class IndexBusy(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredPassage:
+    """A passage as kept in the index: where it is from and what it says."""
+
+    row: int  # position of its vector in the FAISS index
+    key: str  # content hash of (model, embedded text); how vectors are reused across builds
+    path: str
+    file: str
+    week: int | None
+    topic_no: int
+    topic: str
+    presenter: str
+    review_no: int
+    reviewer: str
+    line: int
+    end_line: int
+    passage_no: int
+    text: str
+    embed_text: str
+
+    @property
+    def review_key(self) -> tuple[str, int, int]:
+        """Identity of the review the passage belongs to."""
+        return (self.path, self.topic_no, self.review_no)
+
+
+_COLUMNS = [f.name for f in fields(StoredPassage)]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an index was built with and from; a query checks it before trusting the vectors."""
+
+    format: int
+    model_id: str
+    dim: int
+    created: str
+    files: list[dict[str, Any]]
+    passages: int
+    reviews: int
+    roots: list[str]  # the paths given to the build; a later `index` with no paths reuses them
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path: Path) -> None:
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    for d in [path, *(p for p in path.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+
+
+def faiss_index_for(vectors: np.ndarray):
+    """A FAISS inner-product index over normalised vectors: exact when small, HNSW when large."""
+    import faiss
+
+    dim = vectors.shape[1]
+    if len(vectors) >= HNSW_FROM:
+        index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = 128
+    else:
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    return index
+
+
+class Index:
+    """One loaded generation of the index: manifest, vectors and passage metadata."""
+
+    def __init__(self, folder: Path, manifest: Manifest, faiss_index, db: sqlite3.Connection):
+        self.folder = folder
+        self.manifest = manifest
+        self.faiss = faiss_index
+        self._db = db
+        self._lexical: LexicalIndex | None = None
+
+    @property
+    def lexical(self) -> LexicalIndex:
+        """The BM25 index, loaded on first use (dense-only queries never pay for it)."""
+        if self._lexical is None:
+            try:
+                self._lexical = LexicalIndex.load(self.folder / LEXICAL)
+            except (OSError, ValueError) as e:
+                raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e}); rebuild with `review-search index --full`") from e
+        return self._lexical
+
+    @property
+    def size(self) -> int:
+        return self.faiss.ntotal
+
+    def passages(self, rows: Iterable[int] | None = None) -> list[StoredPassage]:
+        """Passages by FAISS row (in the order given), or all of them in row order."""
+        cols = ", ".join(_COLUMNS)
+        if rows is None:
+            cur = self._db.execute(f"SELECT {cols} FROM passages ORDER BY row")
+            return [StoredPassage(*r) for r in cur]
+        rows = [int(r) for r in rows]
+        found = {}
+        for i in range(0, len(rows), 900):  # SQLite's bound-parameter limit
+            part = rows[i : i + 900]
+            q = f"SELECT {cols} FROM passages WHERE row IN ({','.join('?' * len(part))})"
+            found.update({r[0]: StoredPassage(*r) for r in self._db.execute(q, part)})
+        return [found[r] for r in rows if r in found]
+
+    def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        """Stored vectors by row (all when rows is None)."""
+        if rows is None:
+            return self.faiss.reconstruct_n(0, self.size) if self.size else np.zeros((0, self.manifest.dim), np.float32)
+        return np.vstack([self.faiss.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.manifest.dim), np.float32)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def current_generation(index_dir: Path) -> Path | None:
+    """The live generation folder, or None when the folder holds no index."""
+    pointer = index_dir / CURRENT
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise IndexDamaged(f"{pointer}: cannot read ({e.strerror}); rebuild with `review-search index --full`") from e
+    gen = index_dir / name
+    if not name.startswith(_GEN_PREFIX) or "/" in name or not gen.is_dir():
+        raise IndexDamaged(f"{pointer} names a missing generation {name!r}; rebuild with `review-search index --full`")
+    return gen
+
+
+def open_index(index_dir: Path | str) -> Index:
+    """Load the live index from `index_dir`, or raise a StoreError that says how to fix it."""
+    index_dir = Path(index_dir)
+    gen = current_generation(index_dir)
+    if gen is None:
+        raise NoIndex(f"no index at {index_dir}; build one with `review-search index [PATH ...] --index {index_dir}`")
+    rebuild = f"rebuild with `review-search index --full --index {index_dir}`"
+    try:
+        raw = json.loads((gen / MANIFEST).read_text(encoding="utf-8"))
+        manifest = Manifest(**raw)
+    except (OSError, ValueError, TypeError) as e:
+        raise IndexDamaged(f"{gen / MANIFEST} is damaged ({e}); {rebuild}") from e
+    if manifest.format != FORMAT_VERSION:
+        raise IndexDamaged(
+            f"{index_dir} was built by index format {manifest.format}, this version reads {FORMAT_VERSION}; {rebuild}"
+        )
+    import faiss
+
+    try:
+        vectors = faiss.read_index(str(gen / VECTORS))
+    except Exception as e:  # faiss raises RuntimeError with a C++ trace for any bad file
+        raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated; {rebuild}") from e
+    try:
+        db = sqlite3.connect(f"file:{gen / PASSAGES}?mode=ro", uri=True)
+        (count,) = db.execute("SELECT count(*) FROM passages").fetchone()
+    except sqlite3.Error as e:
+        raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e}); {rebuild}") from e
+    if count != vectors.ntotal or count != manifest.passages or vectors.d != manifest.dim:
+        db.close()
+        raise IndexDamaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors); {rebuild}")
+    return Index(gen, manifest, vectors, db)
+
+
+class Writer:
+    """Writes a new generation and makes it live atomically; holds the build lock while open.
+
+    Use as a context manager: leaving the block without `commit()` (an error,
+    Ctrl-C) removes the half-written generation and leaves the live one alone.
+    """
+
+    def __init__(self, index_dir: Path | str):
+        from filelock import FileLock, Timeout
+
+        self.index_dir = Path(index_dir)
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.index_dir / LOCK))
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise IndexBusy(f"another build is running on {self.index_dir}; wait for it to finish and try again") from None
+        self._clean_leftovers()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        self.name = f"{_GEN_PREFIX}{stamp}-{secrets.token_hex(4)}"
+        self.tmp = self.index_dir / f"{_TMP_PREFIX}{self.name}"
+        self.tmp.mkdir()
+
+    def _clean_leftovers(self) -> None:
+        """Remove what killed builds left behind; safe because we hold the lock."""
+        for p in self.index_dir.glob(f"{_TMP_PREFIX}*"):
+            shutil.rmtree(p, ignore_errors=True)
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self._lock.release()
+
+    def write(self, manifest: Manifest, passages: Sequence[StoredPassage], vectors: np.ndarray, lexical: LexicalIndex) -> Path:
+        """Write passages, their vectors (row i = passages[i]), the lexical index and the manifest."""
+        import faiss
+
+        assert len(passages) == len(vectors) == manifest.passages
+        faiss.write_index(faiss_index_for(vectors), str(self.tmp / VECTORS))
+        db = sqlite3.connect(self.tmp / PASSAGES)
+        with db:
+            db.execute(
+                "CREATE TABLE passages (row INTEGER PRIMARY KEY, key TEXT NOT NULL, path TEXT NOT NULL, "
+                "file TEXT NOT NULL, week INTEGER, topic_no INTEGER, topic TEXT, presenter TEXT, "
+                "review_no INTEGER, reviewer TEXT, line INTEGER, end_line INTEGER, passage_no INTEGER, "
+                "text TEXT NOT NULL, embed_text TEXT NOT NULL)"
+            )
+            db.executemany(
+                f"INSERT INTO passages VALUES ({','.join('?' * len(_COLUMNS))})",
+                [tuple(getattr(p, c) for c in _COLUMNS) for p in passages],
+            )
+        db.close()
+        (self.tmp / LEXICAL).mkdir()
+        lexical.save(self.tmp / LEXICAL)
+        (self.tmp / MANIFEST).write_text(json.dumps(asdict(manifest), ensure_ascii=False, indent=1), encoding="utf-8")
+        return self.tmp
+
+    def commit(self) -> Path:
+        """Make the written generation live, atomically, and drop generations no reader can still be using."""
+        _fsync_tree(self.tmp)
+        final = self.index_dir / self.name
+        previous = current_generation_or_none(self.index_dir)
+        os.rename(self.tmp, final)
+        pointer_tmp = self.index_dir / f"{_TMP_PREFIX}{CURRENT}"
+        with open(pointer_tmp, "w", encoding="utf-8") as f:
+            f.write(self.name + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(pointer_tmp, self.index_dir / CURRENT)
+        _fsync_dir(self.index_dir)
+        # Keep the generation that was live until now: a query that read CURRENT a
+        # moment ago may still be opening its files.
+        keep = {self.name, previous.name if previous else None}
+        for p in self.index_dir.glob(f"{_GEN_PREFIX}*"):
+            if p.name not in keep:
+                shutil.rmtree(p, ignore_errors=True)
+        return final
+
+
+def current_generation_or_none(index_dir: Path) -> Path | None:
+    """Like current_generation, but a damaged pointer counts as no index (a build replaces it)."""
+    try:
+        return current_generation(index_dir)
+    except IndexDamaged:
+        return None

@@ -1,0 +1,106 @@
+"""The index store: atomic generations, locking, damage detection."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search.build import build_index
+from search.store import CURRENT, IndexBusy, IndexDamaged, NoIndex, Writer, faiss_index_for, open_index
+
+
+def test_open_missing_index_says_how_to_build(tmp_path: Path):
+    with pytest.raises(NoIndex, match="review-search index"):
+        open_index(tmp_path / "index")
+
+
+def test_round_trip(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    idx = open_index(tmp_path / "idx")
+    ps = idx.passages()
+    assert idx.size == len(ps) == idx.manifest.passages > 0
+    assert [p.row for p in ps] == list(range(len(ps)))
+    assert idx.manifest.model_id == fake_encoder.model_id and idx.manifest.dim == 64
+    # the stored vectors are the encoder's vectors for the embedded text
+    np.testing.assert_allclose(idx.vectors([0])[0], fake_encoder.embed_query(ps[0].embed_text), atol=1e-6)
+    assert [p.row for p in idx.passages([2, 0])] == [2, 0]
+
+
+def test_second_build_waits_for_none_it_fails_clearly(tmp_path: Path):
+    with Writer(tmp_path / "idx"):
+        with pytest.raises(IndexBusy, match="another build is running"):
+            Writer(tmp_path / "idx")
+    Writer(tmp_path / "idx").__exit__(None, None, None)  # the lock is free again
+
+
+def test_failed_build_leaves_the_live_index(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    before = (tmp_path / "idx" / CURRENT).read_text()
+
+    class Boom(Exception):
+        pass
+
+    def explode(*a, **k):
+        raise Boom()
+
+    fake_encoder.embed_passages = explode
+    (notes / "week4.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("위스퍼", "새 내용"), encoding="utf-8")
+    with pytest.raises(Boom):
+        build_index([notes], tmp_path / "idx", fake_encoder)
+    assert (tmp_path / "idx" / CURRENT).read_text() == before
+    assert not list((tmp_path / "idx").glob(".tmp-*"))
+    assert open_index(tmp_path / "idx").size > 0
+
+
+def test_leftovers_of_a_killed_build_are_ignored_then_removed(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    stray = tmp_path / "idx" / ".tmp-gen-killed"
+    stray.mkdir()
+    (stray / "dense.faiss").write_bytes(b"half")
+    assert open_index(tmp_path / "idx").size > 0
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    assert not stray.exists()
+    assert len(list((tmp_path / "idx").glob("gen-*"))) <= 2
+
+
+@pytest.mark.parametrize("victim", ["dense.faiss", "passages.sqlite", "manifest.json"])
+def test_damaged_files_give_a_rebuild_hint(notes: Path, tmp_path: Path, fake_encoder, victim: str):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    gen = tmp_path / "idx" / (tmp_path / "idx" / CURRENT).read_text().strip()
+    data = (gen / victim).read_bytes()
+    (gen / victim).write_bytes(data[: len(data) // 3])
+    with pytest.raises(IndexDamaged, match="index --full"):
+        idx = open_index(tmp_path / "idx")
+        idx.passages()
+
+
+def test_pointer_to_missing_generation_is_damage(tmp_path: Path):
+    (tmp_path / CURRENT).write_text("gen-gone\n")
+    with pytest.raises(IndexDamaged, match="missing generation"):
+        open_index(tmp_path)
+
+
+def test_format_version_mismatch_is_an_error(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    gen = tmp_path / "idx" / (tmp_path / "idx" / CURRENT).read_text().strip()
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["format"] = 99
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexDamaged, match="format 99"):
+        open_index(tmp_path / "idx")
+
+
+def test_large_collections_switch_to_hnsw(monkeypatch):
+    import search.store as store
+
+    vectors = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert type(faiss_index_for(vectors)).__name__ == "IndexFlatIP"
+    monkeypatch.setattr(store, "HNSW_FROM", 10)
+    hnsw = faiss_index_for(vectors)
+    assert type(hnsw).__name__ == "IndexHNSWFlat"
+    _, rows = hnsw.search(vectors[:5], 1)
+    assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
