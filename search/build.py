@@ -1,0 +1,163 @@
+"""Building the index: files → reviews → passages → vectors → a new generation.
+
+Builds are incremental. Each passage is keyed by a hash of the model and the
+text it embeds, so a re-run embeds only passages that are new or changed and
+reuses the stored vectors of the rest; passages of deleted files or removed
+reviews simply are not carried over. A file that was indexed before but can
+no longer be read (a bad save, a wrong encoding) keeps its old passages, so
+bad input never costs indexed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .chunking import Passage, chunk_review
+from .embedding import Encoder, Progress
+from .lexical import LexicalIndex, passage_terms
+from .reader import Problem, read_reviews
+from .store import FORMAT_VERSION, Index, Manifest, StoredPassage, StoreError, Writer, open_index
+
+DEFAULT_ROOTS = ["seeds"]
+
+
+@dataclass
+class BuildSummary:
+    """What a build did; `index --json` prints it."""
+
+    index: str
+    model: str
+    files: int
+    reviews: int
+    passages: int
+    embedded: int
+    reused: int
+    removed: int
+    seconds: float
+    problems: list[Problem] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        d = {k: v for k, v in self.__dict__.items() if k != "problems"}
+        d["problems"] = [str(p) for p in self.problems]
+        return d
+
+
+def passage_key(model_id: str, embed_text: str) -> str:
+    """Content hash that decides whether a stored vector can be reused."""
+    return hashlib.sha256(f"{model_id}\0{embed_text}".encode("utf-8")).hexdigest()
+
+
+def _stored(p: Passage, row: int, key: str) -> StoredPassage:
+    r = p.review
+    return StoredPassage(
+        row=row, key=key, path=r.path, file=r.file, week=r.week, topic_no=r.topic_no, topic=r.topic,
+        presenter=r.presenter, review_no=r.review_no, reviewer=r.reviewer, line=p.line,
+        end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text,
+    )
+
+
+def _previous(index_dir: Path, problems: list[Problem]) -> Index | None:
+    """The index being updated, or None when there is none or it cannot be read."""
+    try:
+        return open_index(index_dir)
+    except StoreError as e:
+        if (index_dir / "CURRENT").exists():
+            problems.append(Problem(str(index_dir), None, f"previous index unusable, building from scratch ({e})"))
+        return None
+
+
+def previous_roots(index_dir: Path | str) -> list[str] | None:
+    """The paths the existing index was built from, if it can be read."""
+    try:
+        index = open_index(index_dir)
+    except StoreError:
+        return None
+    roots = index.manifest.roots
+    index.close()
+    return roots
+
+
+def build_index(
+    paths: Sequence[str | Path],
+    index_dir: Path | str,
+    encoder: Encoder,
+    full: bool = False,
+    on_start: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
+) -> BuildSummary:
+    """Index the review files under `paths` into `index_dir`, reusing vectors unless `full`.
+
+    `on_start(n)` is called with the number of passages to embed, `progress(k)`
+    as each batch is done. Raises StoreError if another build holds the index.
+    """
+    started = time.perf_counter()
+    index_dir = Path(index_dir)
+    with Writer(index_dir) as writer:
+        result = read_reviews(paths)
+        problems = list(result.problems)
+        passages = [p for review in result.reviews for p in chunk_review(review, encoder.count_tokens)]
+        keys = [passage_key(encoder.model_id, p.embed_text) for p in passages]
+        records = [_stored(p, row, key) for row, (p, key) in enumerate(zip(passages, keys))]
+
+        old = _previous(index_dir, problems)
+        old_passages = old.passages() if old is not None else []
+        reusable = not full and old is not None and old.manifest.model_id == encoder.model_id
+        old_by_key = {p.key: p.row for p in old_passages} if reusable else {}
+        if reusable:
+            # Files that exist but could not be read this time keep their last good passages.
+            unreadable = set(result.skipped)
+            kept = [p for p in old_passages if p.path in unreadable]
+            for path, n in Counter(p.path for p in kept).items():
+                problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
+            records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
+
+        vectors = np.zeros((len(records), encoder.dim), dtype=np.float32)
+        reuse = [(i, old_by_key[r.key]) for i, r in enumerate(records) if r.key in old_by_key]
+        if reuse:
+            vectors[[i for i, _ in reuse]] = old.vectors([j for _, j in reuse])
+        todo = [i for i, r in enumerate(records) if r.key not in old_by_key]
+        if on_start:
+            on_start(len(todo))
+        if todo:
+            vectors[todo] = encoder.embed_passages([records[i].embed_text for i in todo], progress)
+        # A passage is gone when its file no longer has that text (copies elsewhere don't count).
+        kept_texts = {(r.path, r.key) for r in records}
+        removed = sum(1 for p in old_passages if (p.path, p.key) not in kept_texts)
+        if old is not None:
+            old.close()
+
+        lexical = LexicalIndex.build(passage_terms([r.embed_text for r in records]))
+        files = sorted({r.path for r in records})
+        manifest = Manifest(
+            format=FORMAT_VERSION,
+            model_id=encoder.model_id,
+            dim=encoder.dim,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            files=[
+                {"path": f, "passages": sum(1 for r in records if r.path == f)} for f in files
+            ],
+            passages=len(records),
+            reviews=len({r.review_key for r in records}),
+            roots=[str(Path(p).resolve()) for p in paths],
+        )
+        writer.write(manifest, records, vectors, lexical)
+        writer.commit()
+    return BuildSummary(
+        index=str(index_dir),
+        model=encoder.model_id,
+        files=len(result.files),
+        reviews=manifest.reviews,
+        passages=len(records),
+        embedded=len(todo),
+        reused=len(reuse),
+        removed=removed,
+        seconds=round(time.perf_counter() - started, 2),
+        problems=problems,
+    )

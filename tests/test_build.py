@@ -1,0 +1,103 @@
+"""Incremental builds: embed only what changed, drop what is gone, never lose data to bad input."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from search.build import build_index, passage_key, previous_roots
+from search.ranking import Searcher
+from search.store import open_index
+
+
+def rows(index_dir: Path) -> list[tuple]:
+    idx = open_index(index_dir)
+    return sorted((p.file, p.topic_no, p.review_no, p.passage_no, p.text, p.key) for p in idx.passages())
+
+
+def test_rerun_embeds_nothing(notes: Path, tmp_path: Path, fake_encoder):
+    first = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert first.embedded == first.passages > 0 and first.reused == 0 and first.removed == 0
+    again = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert (again.embedded, again.reused, again.removed) == (0, first.passages, 0)
+
+
+def test_adding_a_week_embeds_only_that_week_and_equals_a_full_rebuild(dev_corpus: Path, tmp_path: Path, fake_encoder):
+    corpus = tmp_path / "weeks"
+    shutil.copytree(dev_corpus / "weeks", corpus)
+    newest = corpus / "2025-06-16_15주차.md"
+    held_back = tmp_path / newest.name
+    newest.rename(held_back)
+    build_index([corpus], tmp_path / "inc", fake_encoder)
+    held_back.rename(newest)
+    fake_encoder.embedded.clear()
+    summary = build_index([corpus], tmp_path / "inc", fake_encoder)
+    new_week = build_index([newest], tmp_path / "only-new", type(fake_encoder)())
+    assert summary.embedded == new_week.passages and summary.removed == 0
+    assert all(t in {p.embed_text for p in open_index(tmp_path / "only-new").passages()} for t in fake_encoder.embedded)
+
+    build_index([corpus], tmp_path / "full", fake_encoder, full=True)
+    assert rows(tmp_path / "inc") == rows(tmp_path / "full")
+    inc, full = Searcher(open_index(tmp_path / "inc"), fake_encoder), Searcher(open_index(tmp_path / "full"), fake_encoder)
+    for q in ["SpecAugment masking", "MoE expert 라우팅", "RLHF reward model", "문장 임베딩"]:
+        a = [(h.passage.key, round(h.score, 5)) for h in inc.search(q, k=5)]
+        b = [(h.passage.key, round(h.score, 5)) for h in full.search(q, k=5)]
+        assert a == b
+
+
+def test_editing_a_review_reembeds_only_the_changed_passage(notes: Path, tmp_path: Path, fake_encoder):
+    first = build_index([notes], tmp_path / "idx", fake_encoder)
+    f = notes / "week3.md"
+    f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠지만 재미있었다."), encoding="utf-8")
+    s = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert (s.embedded, s.removed, s.reused) == (1, 1, first.passages - 1)
+    assert any("재미있었다" in p.text for p in open_index(tmp_path / "idx").passages())
+
+
+def test_deleting_a_file_removes_all_its_passages(notes: Path, tmp_path: Path, fake_encoder):
+    (notes / "week4.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("위스퍼", "LoRA"), encoding="utf-8")
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    n4 = sum(p.file == "week4.md" for p in open_index(tmp_path / "idx").passages())
+    (notes / "week4.md").unlink()
+    s = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert s.removed == n4 and s.embedded == 0
+    assert all(p.file != "week4.md" for p in open_index(tmp_path / "idx").passages())
+
+
+def test_a_file_that_turns_unreadable_keeps_its_passages(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    before = rows(tmp_path / "idx")
+    (notes / "week3.md").write_bytes("# 3주차\n깨진 저장".encode("cp949"))
+    s = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert rows(tmp_path / "idx") == before
+    assert s.removed == 0
+    assert any("kept its" in p.message for p in s.problems) and any("not UTF-8" in p.message for p in s.problems)
+
+
+def test_model_change_reembeds_everything(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    other = type(fake_encoder)()
+    other.model_id = "fake/other"
+    s = build_index([notes], tmp_path / "idx", other)
+    assert s.reused == 0 and s.embedded == s.passages
+    assert open_index(tmp_path / "idx").manifest.model_id == "fake/other"
+
+
+def test_keys_depend_on_model_and_text():
+    assert passage_key("m", "a") != passage_key("m", "b") != passage_key("n", "a")
+    assert passage_key("m", "a") == passage_key("m", "a")
+
+
+def test_roots_are_remembered(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    assert previous_roots(tmp_path / "idx") == [str(notes.resolve())]
+    assert previous_roots(tmp_path / "none") is None
+
+
+def test_no_placeholder_is_ever_indexed(dev_corpus: Path, tmp_path: Path, fake_encoder):
+    build_index([dev_corpus / "weeks", Path(__file__).resolve().parent.parent / "seeds"], tmp_path / "idx", fake_encoder)
+    ps = open_index(tmp_path / "idx").passages()
+    assert all(p.reviewer and "(내용)" not in p.text for p in ps)
+    assert len({p.review_key for p in ps}) == 25
