@@ -1,0 +1,184 @@
+"""The `review-search` command line: parses flags, calls the library, prints.
+
+Library errors become one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import typer
+
+from .reader import InputError
+from .store import StoreError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
+
+DEFAULT_INDEX = Path("index")
+IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder.")
+KOpt = typer.Option(5, "-k", "--k", min=1, max=1000, help="How many results.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def clean_errors() -> Iterator[None]:
+    """Turn the library's expected failures into one-line messages."""
+    from .embedding import EncoderError
+
+    try:
+        yield
+    except (StoreError, EncoderError, InputError, ValueError) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        fail("interrupted; the index is unchanged")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=False)
+
+
+@app.command()
+def index(
+    paths: Optional[List[Path]] = typer.Argument(None, help="Review files or folders (default: what the index was built from, else seeds/)."),
+    index_dir: Path = IndexOpt,
+    model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model (folder or Hub id); default: the index's model, else multilingual-e5-small offline."),
+    full: bool = typer.Option(False, "--full", help="Re-embed everything instead of reusing stored vectors."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build or update the index from review files."""
+    from .build import DEFAULT_ROOTS, build_index, previous_roots
+    from .embedding import load_encoder
+    from .store import open_index
+
+    with clean_errors():
+        roots = [str(p) for p in paths] if paths else (previous_roots(index_dir) or DEFAULT_ROOTS)
+        if model is None:
+            try:
+                existing = open_index(index_dir)
+                model = existing.manifest.model_id
+                existing.close()
+            except StoreError:
+                pass
+        encoder = load_encoder(model)
+        err = _console(stderr=True)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(
+            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=err, transient=True, disable=as_json or not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("embed", total=0)
+            summary = build_index(
+                roots, index_dir, encoder, full=full,
+                on_start=lambda n: bar.update(task, total=n),
+                progress=lambda k: bar.advance(task, k),
+            )
+    from .display import clean
+
+    for problem in summary.problems:
+        typer.echo(f"warning: {clean(str(problem))}", err=True)
+    if as_json:
+        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+    else:
+        typer.echo(
+            f"indexed {summary.files} files, {summary.reviews} reviews, {summary.passages} passages "
+            f"({summary.embedded} embedded, {summary.reused} reused, {summary.removed} removed) "
+            f"in {summary.seconds:.1f}s → {index_dir}"
+        )
+
+
+@app.command()
+def query(
+    text: str = typer.Argument(..., help="What to look for, in Korean or English."),
+    index_dir: Path = IndexOpt,
+    k: int = KOpt,
+    mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or lexical."),
+    group: str = typer.Option("review", "--group", help="review (each review once) or passage."),
+    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Only this reviewer's notes."),
+    topic: Optional[str] = typer.Option(None, "--topic", help="Only papers whose title contains this."),
+    week: Optional[str] = typer.Option(None, "--week", help="A week (3) or range (3-5)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Find the review passages closest to TEXT."""
+    from .ranking import Filters, Searcher, parse_weeks
+    from .store import open_index
+
+    with clean_errors():
+        if not text.strip():
+            raise ValueError("the query is empty; give some words to search for")
+        filters = Filters(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
+        searcher = Searcher(open_index(index_dir))
+        hits = searcher.search(text, k=k, mode=mode, group=group, filters=filters)
+        terms = searcher.index.lexical.terms(text) if mode != "dense" else text.split()
+    if as_json:
+        typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=1))
+        return
+    if not hits:
+        typer.echo("no matching reviews")
+        return
+    from .display import render_hits
+
+    render_hits(_console(), hits, terms)
+
+
+@app.command("list")
+def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
+    """What the index holds: weeks, papers, presenters, reviewers and passage counts."""
+    from .store import open_index
+
+    with clean_errors():
+        idx = open_index(index_dir)
+        passages = idx.passages()
+    papers: dict[tuple, dict] = {}
+    for p in passages:
+        entry = papers.setdefault(
+            (p.path, p.topic_no),
+            {"week": p.week, "file": p.file, "topic_no": p.topic_no, "topic": p.topic, "presenter": p.presenter, "reviewers": {}, "passages": 0},
+        )
+        entry["reviewers"][p.reviewer] = entry["reviewers"].get(p.reviewer, 0) + 1
+        entry["passages"] += 1
+    rows = sorted(papers.values(), key=lambda e: (e["week"] is None, e["week"] or 0, e["file"], e["topic_no"]))
+    if as_json:
+        out = {
+            "model": idx.manifest.model_id,
+            "created": idx.manifest.created,
+            "files": len(idx.manifest.files),
+            "reviews": idx.manifest.reviews,
+            "passages": idx.manifest.passages,
+            "papers": [{**r, "reviewers": sorted(r["reviewers"])} for r in rows],
+        }
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
+        return
+    from rich.table import Table
+
+    from .display import clean, week_label
+
+    table = Table(title=f"{index_dir}: {len(idx.manifest.files)} files, {len(rows)} papers, "
+                  f"{idx.manifest.reviews} reviews, {idx.manifest.passages} passages ({idx.manifest.model_id})")
+    for col in ("week", "paper", "presenter", "reviewers", "passages"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            week_label(r["week"]), clean(r["topic"]), clean(r["presenter"]),
+            ", ".join(clean(n or "(none)") for n in sorted(r["reviewers"])), str(r["passages"]),
+        )
+    _console().print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,197 @@
+"""Ranking: a query to the best passages or reviews, dense, lexical or both.
+
+Dense scores are cosine similarities from FAISS; lexical scores are BM25 over
+Korean morphemes. Hybrid mode fuses the two rankings with reciprocal rank
+fusion, which needs no score calibration between the two very different
+scales (see README, "Retrieval quality", for the measurements that chose it).
+Filters narrow the candidate rows before the top-k cut, so a filtered search
+still returns k results when k exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from . import embedding
+from .embedding import Encoder, EncoderError
+from .store import Index, StoredPassage
+
+Mode = Literal["hybrid", "dense", "lexical"]
+Group = Literal["passage", "review"]
+MODES: tuple[str, ...] = ("hybrid", "dense", "lexical")
+GROUPS: tuple[str, ...] = ("review", "passage")
+RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which passages a search may return; None means no restriction."""
+
+    reviewer: str | None = None
+    topic: str | None = None  # case-insensitive substring of the paper title
+    weeks: tuple[int, int] | None = None  # inclusive range
+
+    def allows(self, p: StoredPassage) -> bool:
+        if self.reviewer is not None and p.reviewer != self.reviewer.strip():
+            return False
+        if self.topic is not None and self.topic.strip().casefold() not in p.topic.casefold():
+            return False
+        if self.weeks is not None and (p.week is None or not self.weeks[0] <= p.week <= self.weeks[1]):
+            return False
+        return True
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.reviewer, self.topic, self.weeks))
+
+
+def parse_weeks(text: str) -> tuple[int, int]:
+    """`3` → (3, 3), `3-5` → (3, 5); raises ValueError with a readable message otherwise."""
+    parts = [p.strip() for p in text.split("-")]
+    try:
+        if len(parts) == 1:
+            return int(parts[0]), int(parts[0])
+        if len(parts) == 2:
+            lo, hi = int(parts[0]), int(parts[1])
+            if lo <= hi:
+                return lo, hi
+    except ValueError:
+        pass
+    raise ValueError(f"--week takes a week or a range like 3-5, not {text!r}")
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One result: a passage (the best of its review when grouped) and its scores."""
+
+    passage: StoredPassage
+    score: float  # what the ranking used: cosine, BM25 or fused
+    dense: float | None  # cosine similarity to the query, when computed
+    lexical: float | None  # BM25 score, when computed
+    passages: int = 1  # passages of the same review that matched, when grouped
+
+    def as_dict(self) -> dict:
+        """The JSON shape of `query --json` and the HTTP API."""
+        p = self.passage
+        return {
+            "file": p.file,
+            "path": p.path,
+            "line": p.line,
+            "end_line": p.end_line,
+            "week": p.week,
+            "topic_no": p.topic_no,
+            "topic": p.topic,
+            "presenter": p.presenter,
+            "review_no": p.review_no,
+            "reviewer": p.reviewer,
+            "text": p.text,
+            "score": round(float(self.score), 6),
+            "dense": None if self.dense is None else round(float(self.dense), 6),
+            "lexical": None if self.lexical is None else round(float(self.lexical), 6),
+        }
+
+
+class ModelMismatch(EncoderError):
+    pass
+
+
+class Searcher:
+    """Answers queries against one loaded index; keeps the model and index in memory between queries."""
+
+    def __init__(self, index: Index, encoder: Encoder | None = None):
+        self.index = index
+        self._encoder = encoder
+        if encoder is not None:
+            self._check(encoder)
+
+    def _check(self, encoder: Encoder) -> None:
+        m = self.index.manifest
+        if encoder.model_id != m.model_id or encoder.dim != m.dim:
+            raise ModelMismatch(
+                f"the index was built with {m.model_id} ({m.dim}-d) but the query model is "
+                f"{encoder.model_id} ({encoder.dim}-d); rebuild with `review-search index --full --model ...`"
+            )
+
+    @property
+    def encoder(self) -> Encoder:
+        if self._encoder is None:
+            self._encoder = embedding.load_encoder(self.index.manifest.model_id)
+            self._check(self._encoder)
+        return self._encoder
+
+    def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
+        if not filters.active:
+            return None
+        return np.array([p.row for p in self.index.passages() if filters.allows(p)], dtype=np.int64)
+
+    def dense_scores(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
+        """Cosine similarity of the query to every (allowed) row."""
+        import faiss
+
+        n = self.index.size if allowed is None else len(allowed)
+        if n == 0:
+            return {}
+        q = self.encoder.embed_query(query).reshape(1, -1)
+        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        scores, rows = self.index.faiss.search(q, n, params=params)
+        return {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
+
+    def lexical_scores(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
+        """BM25 score of every (allowed) row with at least one matching term."""
+        scores = self.index.lexical.scores(query, self.index.size)
+        rows = np.nonzero(scores > 0)[0]
+        if allowed is not None:
+            rows = np.intersect1d(rows, allowed)
+        return {int(r): float(scores[r]) for r in rows}
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        mode: Mode = "hybrid",
+        group: Group = "passage",
+        filters: Filters = Filters(),
+    ) -> list[Hit]:
+        """The top `k` passages (or reviews, with group="review") for `query`, best first."""
+        query = query.strip()
+        if not query:
+            raise ValueError("the query is empty")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if group not in GROUPS:
+            raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
+        allowed = self._allowed_rows(filters)
+        dense = self.dense_scores(query, allowed) if mode != "lexical" else {}
+        lexical = self.lexical_scores(query, allowed) if mode != "dense" else {}
+        if mode == "dense":
+            fused = dense
+        elif mode == "lexical":
+            fused = lexical
+        else:
+            fused = rrf([dense, lexical])
+        order = sorted(fused, key=lambda r: (-fused[r], r))
+        # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.
+        hits: list[Hit] = []
+        seen: dict[tuple, int] = {}
+        for p in self.index.passages(order[: k if group == "passage" else k * 50]):
+            row = p.row
+            if group == "review":
+                if p.review_key in seen:
+                    i = seen[p.review_key]
+                    hits[i] = Hit(hits[i].passage, hits[i].score, hits[i].dense, hits[i].lexical, hits[i].passages + 1)
+                    continue
+                seen[p.review_key] = len(hits)
+            hits.append(Hit(p, fused[row], dense.get(row), lexical.get(row)))
+        return hits[:k]
+
+
+def rrf(rankings: list[dict[int, float]], k: int = RRF_K) -> dict[int, float]:
+    """Reciprocal rank fusion of several {row: score} rankings."""
+    fused: dict[int, float] = {}
+    for scores in rankings:
+        for rank, row in enumerate(sorted(scores, key=lambda r: (-scores[r], r)), start=1):
+            fused[row] = fused.get(row, 0.0) + 1.0 / (k + rank)
+    return fused

@@ -1,0 +1,119 @@
+"""The CLI through typer's CliRunner: output shapes, JSON contract, clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from search.cli import app
+
+runner = CliRunner()
+JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
+
+
+def invoke(*args: str, columns: int = 200):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": str(columns)})
+
+
+@pytest.fixture
+def built(notes: Path, tmp_path: Path, fake_model) -> Path:
+    result = invoke("index", notes, "--index", tmp_path / "idx")
+    assert result.exit_code == 0, result.output
+    return tmp_path / "idx"
+
+
+def test_index_prints_a_summary(notes: Path, tmp_path: Path, fake_model):
+    result = invoke("index", notes, "--index", tmp_path / "idx")
+    assert result.exit_code == 0
+    assert "indexed 1 files, 2 reviews, 3 passages (3 embedded, 0 reused, 0 removed)" in result.output
+
+
+def test_index_json_and_default_roots(built: Path):
+    # no PATH: the roots the index was built from are reused
+    result = invoke("index", "--index", built, "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert {"files", "reviews", "passages", "embedded", "reused", "removed", "seconds"} <= set(summary)
+    assert (summary["files"], summary["embedded"], summary["reused"]) == (1, 0, 3)
+
+
+def test_query_json_contract(built: Path):
+    result = invoke("query", "hallucination 문제", "--index", built, "--json", "-k", "3", "--group", "passage")
+    assert result.exit_code == 0, result.output
+    hits = json.loads(result.stdout)
+    assert 1 <= len(hits) <= 3
+    assert all(JSON_KEYS <= set(h) for h in hits)
+    top = hits[0]
+    assert top["file"] == "week3.md" and top["reviewer"] == "이영희" and top["week"] == 3
+    assert top["presenter"] == "김철수" and "hallucination" in top["text"]
+    assert isinstance(top["line"], int) and isinstance(top["score"], float)
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+
+def test_query_human_view(built: Path):
+    result = invoke("query", "LoRA low-rank", "--index", built)
+    assert result.exit_code == 0
+    first = result.output.splitlines()[0]
+    assert "LoRA: Low-Rank Adaptation" in first and "김철수" in first and "week 3" in first
+    assert "week3.md:" in first
+    assert "low-rank" in result.output.splitlines()[1]
+
+
+def test_narrow_terminal_keeps_the_header_on_one_line(built: Path, monkeypatch):
+    monkeypatch.chdir(built.parent)
+    result = invoke("query", "LoRA low-rank", "--index", built, columns=70)
+    first = result.output.splitlines()[0]
+    assert "LoRA" in first and "…" in first and "notes/week3.md:" in first and "김철수" in first
+
+
+def test_query_filters(built: Path):
+    result = invoke("query", "학습", "--index", built, "--reviewer", "김철수", "--json")
+    assert {h["reviewer"] for h in json.loads(result.stdout)} == {"김철수"}
+    result = invoke("query", "학습", "--index", built, "--week", "4-9", "--json")
+    assert json.loads(result.stdout) == []
+    result = invoke("query", "학습", "--index", built, "--week", "nine")
+    assert result.exit_code == 2 and "--week" in result.output
+
+
+def test_list(built: Path):
+    result = invoke("list", "--index", built, "--json")
+    data = json.loads(result.stdout)
+    assert data["reviews"] == 2 and [p["topic"][:5] for p in data["papers"]] == ["Whisp", "LoRA:"]
+    assert data["papers"][0]["reviewers"] == ["이영희"]
+    human = invoke("list", "--index", built)
+    assert human.exit_code == 0 and "Whisper" in human.output and "이영희" in human.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["query", "x", "--index", "{tmp}/none"], "no index at"),
+        (["query", "   ", "--index", "{tmp}/none"], "query is empty"),
+        (["index", "{tmp}/missing.md", "--index", "{tmp}/i"], "no such file or folder"),
+        (["query", "x", "--mode", "magic", "--index", "{idx}"], "unknown mode"),
+    ],
+)
+def test_errors_are_one_line_without_traceback(built: Path, tmp_path: Path, args, message):
+    result = invoke(*[a.format(tmp=tmp_path, idx=built) for a in args])
+    assert result.exit_code == 2
+    assert message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_bad_file_is_a_warning_not_a_failure(notes: Path, tmp_path: Path, fake_model):
+    (notes / "broken.md").write_bytes(b"\xff\xfe\x00")
+    result = invoke("index", notes, "--index", tmp_path / "idx")
+    assert result.exit_code == 0
+    assert "warning:" in result.output and "broken.md" in result.output and "binary" in result.output
+
+
+def test_control_characters_in_notes_are_neutralised(notes: Path, tmp_path: Path, fake_model):
+    f = notes / "week3.md"
+    f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠다.\x1b[2J\x1b]0;pwned\x07"), encoding="utf-8")
+    invoke("index", notes, "--index", tmp_path / "idx")
+    result = invoke("query", "아쉬웠다", "--index", tmp_path / "idx")
+    assert "\x1b" not in result.output and "\x07" not in result.output
+    assert "\\u001b" in result.output
