@@ -28,6 +28,15 @@ KEEP_TAGS = {"NNG", "NNP", "XR", "SL", "SN", "SH"}
 _QUERY_RUNS = re.compile(r"[A-Za-z]+|[0-9]+|[\uac00-\ud7a3]+")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 VOCAB_FILE = "vocab.index.json"
+PARAMS_FILE = "params.index.json"
+
+
+@lru_cache(maxsize=1)
+def stopwords() -> frozenset[str]:
+    """English and Korean function words (bm25s's lists): they match everywhere and rank nothing."""
+    from bm25s.stopwords import STOPWORDS_EN_PLUS, STOPWORDS_KOREAN
+
+    return frozenset(STOPWORDS_EN_PLUS) | frozenset(STOPWORDS_KOREAN)
 
 
 @lru_cache(maxsize=1)
@@ -41,9 +50,9 @@ def passage_terms(texts: Sequence[str]) -> list[list[str]]:
     """Index terms for each text: Kiwi morphemes of the kept kinds, lower-cased."""
     if not texts:
         return []
-    kiwi = _kiwi()
+    kiwi, stop = _kiwi(), stopwords()
     return [
-        [t.form.lower() for t in tokens if t.tag in KEEP_TAGS]
+        [form for t in tokens if t.tag in KEEP_TAGS and (form := t.form.lower()) not in stop]
         for tokens in kiwi.tokenize(list(texts))
     ]
 
@@ -71,42 +80,56 @@ def query_terms(query: str, vocab: set[str] | frozenset[str]) -> list[str]:
 
 
 class LexicalIndex:
-    """BM25 (bm25s) over passage terms; rows line up with the dense index."""
+    """BM25 over passage terms; rows line up with the dense index.
 
-    def __init__(self, retriever, vocab: frozenset[str]):
-        self._retriever = retriever
-        self.vocab = vocab
+    bm25s builds the index and computes every (term, passage) BM25 weight up
+    front, saving them as a sparse matrix in .npy files. Scoring a query is
+    then a sum of matrix columns, which `scores` does with numpy on the saved
+    arrays: that keeps bm25s and SciPy (a quarter second of imports) off the
+    query path.
+    """
+
+    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, vocab: dict[str, int], size: int):
+        self._data, self._indices, self._indptr = data, indices, indptr
+        self._vocab = vocab
+        self.size = size
+        self.vocab = frozenset(vocab) - {""}
 
     @classmethod
     def build(cls, terms: Sequence[list[str]]) -> "LexicalIndex":
         """Index the given term lists (one per passage, in row order)."""
         import bm25s
 
-        retriever = bm25s.BM25()
+        retriever = bm25s.BM25(method="lucene")
         # bm25s cannot index an empty corpus or an empty document; a blank term keeps rows aligned.
         retriever.index([t or [""] for t in terms] or [[""]], show_progress=False)
-        return cls(retriever, frozenset(retriever.vocab_dict) - {""})
+        m = retriever.scores
+        return cls(m["data"], m["indices"], m["indptr"], dict(retriever.vocab_dict), len(terms))
 
     def save(self, folder: Path) -> None:
-        """Write the index into `folder` (numpy arrays and JSON, no pickle)."""
-        self._retriever.save(str(folder), show_progress=False)
+        """Write the index into `folder` in bm25s's file layout (numpy arrays and JSON, no pickle)."""
+        for name, array in (("data", self._data), ("indices", self._indices), ("indptr", self._indptr)):
+            np.save(folder / f"{name}.csc.index.npy", array, allow_pickle=False)
+        (folder / VOCAB_FILE).write_text(json.dumps(self._vocab, ensure_ascii=False), encoding="utf-8")
+        (folder / PARAMS_FILE).write_text(json.dumps({"method": "lucene", "num_docs": self.size}), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> "LexicalIndex":
         """Read an index written by `save`."""
-        import bm25s
-
-        retriever = bm25s.BM25.load(str(folder), show_progress=False, allow_pickle=False)
+        arrays = [np.load(folder / f"{name}.csc.index.npy", allow_pickle=False) for name in ("data", "indices", "indptr")]
         vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
-        return cls(retriever, frozenset(vocab) - {""})
+        size = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8"))["num_docs"]
+        return cls(*arrays, vocab, size)
 
     def terms(self, query: str) -> list[str]:
-        """The query's terms that this index knows."""
+        """The query's terms that this index knows (stopwords never made it into the vocabulary)."""
         return [t for t in query_terms(query, self.vocab) if t in self.vocab]
 
-    def scores(self, query: str, size: int) -> np.ndarray:
+    def scores(self, query: str) -> np.ndarray:
         """BM25 score of every row for the query (zeros when no term matches)."""
-        terms = self.terms(query)
-        if not terms:
-            return np.zeros(size, dtype=np.float32)
-        return np.asarray(self._retriever.get_scores(terms), dtype=np.float32)[:size]
+        scores = np.zeros(self.size, dtype=np.float32)
+        for term in self.terms(query):
+            t = self._vocab[term]
+            span = slice(self._indptr[t], self._indptr[t + 1])
+            np.add.at(scores, self._indices[span], self._data[span])
+        return scores

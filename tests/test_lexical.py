@@ -30,15 +30,15 @@ def test_query_terms_match_kiwi_on_the_notes(dev_corpus: Path):
 def test_bm25_ranks_matching_rows_and_round_trips(tmp_path: Path):
     texts = ["위스퍼의 hallucination 문제", "LoRA 저랭크 학습", "BM25와 dense retrieval 비교"]
     idx = LexicalIndex.build(passage_terms(texts))
-    scores = idx.scores("hallucination문제를 줄이는 법", 3)
+    scores = idx.scores("hallucination문제를 줄이는 법")
     assert scores.argmax() == 0 and scores[1] == scores[2] == 0
     idx.save(tmp_path)
     again = LexicalIndex.load(tmp_path)
-    assert (again.scores("hallucination문제를 줄이는 법", 3) == scores).all()
+    assert (again.scores("hallucination문제를 줄이는 법") == scores).all()
     assert again.terms("LoRA로 학습") == ["lora", "학습"]
 
 
 def test_no_terms_no_scores():
     idx = LexicalIndex.build(passage_terms(["문서 하나"]))
-    assert not idx.scores("전혀 다른 말", 1).any()
-    assert not LexicalIndex.build([]).scores("x", 0).any()
+    assert not idx.scores("전혀 다른 말").any()
+    assert LexicalIndex.build([]).scores("x").shape == (0,)
