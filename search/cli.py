@@ -108,6 +108,7 @@ def query(
     reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Only this reviewer's notes."),
     topic: Optional[str] = typer.Option(None, "--topic", help="Only papers whose title contains this."),
     week: Optional[str] = typer.Option(None, "--week", help="A week (3) or range (3-5)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose cosine similarity is below this."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the review passages closest to TEXT."""
@@ -119,13 +120,13 @@ def query(
             raise ValueError("the query is empty; give some words to search for")
         filters = Filters(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
         searcher = Searcher(open_index(index_dir))
-        hits = searcher.search(text, k=k, mode=mode, group=group, filters=filters)
+        hits = searcher.search(text, k=k, mode=mode, group=group, filters=filters, min_score=min_score)
         terms = searcher.index.lexical.terms(text) if mode != "dense" else text.split()
     if as_json:
         typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=1))
         return
     if not hits:
-        typer.echo("no matching reviews")
+        typer.echo("no review matches" + (f" with similarity >= {min_score}" if min_score is not None else ""))
         return
     from .display import render_hits
 
@@ -174,6 +175,66 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
             ", ".join(clean(n or "(none)") for n in sorted(r["reviewers"])), str(r["passages"]),
         )
     _console().print(table)
+
+
+@app.command("eval")
+def eval_(
+    queries: Path = typer.Argument(..., help="Labelled queries (JSON lines, see README)."),
+    index_dir: Path = IndexOpt,
+    mode: str = typer.Option("all", "--mode", help="hybrid, dense, lexical, or all to compare them."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Score ranking on labelled queries: nDCG@10, MRR@10, Recall@5, Hit@1 by query kind."""
+    from .evaluate import evaluate, read_queries
+    from .ranking import MODES, Searcher
+    from .store import open_index
+
+    with clean_errors():
+        labelled = read_queries(queries)
+        modes = list(MODES) if mode == "all" else [mode]
+        if not set(modes) <= set(MODES):
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)} or all")
+        searcher = Searcher(open_index(index_dir))
+        reports = [evaluate(searcher, labelled, m) for m in modes]
+    if as_json:
+        out = {r.mode: {"summary": r.summary(), "queries": [q.__dict__ for q in r.results]} for r in reports}
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{queries} on {index_dir}")
+    for col in ("mode", "kind", "n", "nDCG@10", "MRR@10", "Recall@5", "Hit@1"):
+        table.add_column(col, justify="left" if col in ("mode", "kind") else "right")
+    for r in reports:
+        for kind, row in r.summary().items():
+            table.add_row(r.mode, kind, str(row["n"]), *(f"{row[m]:.3f}" if m in row else "-" for m in ("ndcg", "mrr", "recall5", "hit1")))
+        table.add_section()
+    _console().print(table)
+
+
+@app.command()
+def serve(
+    index_dir: Path = IndexOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback exposes the notes to the network."),
+    port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+) -> None:
+    """Answer searches over HTTP as JSON (GET /search?q=..., GET /health), keeping the index and model loaded."""
+    from .server import ServerError, is_loopback, make_server
+
+    with clean_errors():
+        try:
+            server = make_server(index_dir, host, port)
+        except ServerError as e:
+            fail(str(e))
+    if not is_loopback(host):
+        typer.echo(f"warning: listening on {host} makes the notes reachable from the network", err=True)
+    typer.echo(f"serving {index_dir} on http://{host}:{server.server_address[1]}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        typer.echo("stopped", err=True)
+    finally:
+        server.server_close()
 
 
 def main() -> None:

@@ -141,7 +141,7 @@ class Searcher:
 
     def lexical_scores(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
         """BM25 score of every (allowed) row with at least one matching term."""
-        scores = self.index.lexical.scores(query, self.index.size)
+        scores = self.index.lexical.scores(query)
         rows = np.nonzero(scores > 0)[0]
         if allowed is not None:
             rows = np.intersect1d(rows, allowed)
@@ -154,8 +154,13 @@ class Searcher:
         mode: Mode = "hybrid",
         group: Group = "passage",
         filters: Filters = Filters(),
+        min_score: float | None = None,
     ) -> list[Hit]:
-        """The top `k` passages (or reviews, with group="review") for `query`, best first."""
+        """The top `k` passages (or reviews, with group="review") for `query`, best first.
+
+        `min_score` drops hits whose cosine similarity to the query is below it
+        (in lexical mode too, which then also embeds the query).
+        """
         query = query.strip()
         if not query:
             raise ValueError("the query is empty")
@@ -164,8 +169,12 @@ class Searcher:
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
         allowed = self._allowed_rows(filters)
-        dense = self.dense_scores(query, allowed) if mode != "lexical" else {}
+        dense = self.dense_scores(query, allowed) if mode != "lexical" or min_score is not None else {}
         lexical = self.lexical_scores(query, allowed) if mode != "dense" else {}
+        if min_score is not None:
+            floor = {r for r, s in dense.items() if s >= min_score}
+            dense = {r: s for r, s in dense.items() if r in floor}
+            lexical = {r: s for r, s in lexical.items() if r in floor}
         if mode == "dense":
             fused = dense
         elif mode == "lexical":
