@@ -133,6 +133,39 @@ def query(
     render_hits(_console(), hits, terms)
 
 
+@app.command()
+def related(
+    topic: str = typer.Argument(..., help="A reviewed paper: its title, part of it, an acronym (DPR) or a near spelling."),
+    index_dir: Path = IndexOpt,
+    k: int = KOpt,
+    group: str = typer.Option("review", "--group", help="review (one entry per review) or paper (reviews rolled up)."),
+    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Only this reviewer's notes."),
+    topic_filter: Optional[str] = typer.Option(None, "--topic", help="Only papers whose title contains this."),
+    week: Optional[str] = typer.Option(None, "--week", help="A week (3) or range (3-5)."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Other reviews most similar to what was written about the paper TOPIC."""
+    from .ranking import Filters, parse_weeks
+    from .related import related_reviews
+    from .store import open_index
+
+    with clean_errors():
+        if group not in ("review", "paper"):
+            raise ValueError(f"unknown group {group!r}; choose review or paper")
+        filters = Filters(reviewer=reviewer, topic=topic_filter, weeks=parse_weeks(week) if week else None)
+        title, entries = related_reviews(open_index(index_dir), topic, k=k, group=group, filters=filters)
+    if as_json:
+        typer.echo(json.dumps({"paper": title, "related": [e.as_dict() for e in entries]}, ensure_ascii=False, indent=1))
+        return
+    from .display import clean, render_hits
+
+    typer.echo(f"reviews related to: {clean(title)}\n")
+    if not entries:
+        typer.echo("no other reviews")
+        return
+    render_hits(_console(), [e.hit for e in entries], [], reviewers=[e.reviewers for e in entries])
+
+
 @app.command("list")
 def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
     """What the index holds: weeks, papers, presenters, reviewers and passage counts."""

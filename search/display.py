@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from pathlib import Path
 from typing import Iterable
 
 from rich.console import Console
@@ -28,11 +27,12 @@ def clean(text: str) -> str:
 
 
 def display_path(path: str) -> str:
-    """The path relative to the working folder when it is inside it, else as stored."""
+    """The path relative to the working folder when that is shorter, else as stored."""
     try:
-        return os.path.relpath(path) if Path(path).resolve().is_relative_to(Path.cwd()) else path
+        rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
         return path
+    return rel if len(rel) < len(path) else path
 
 
 def week_label(week: int | None) -> str:
@@ -48,16 +48,21 @@ def highlight(text: str, terms: Iterable[str]) -> Text:
     return out
 
 
-def render_hits(console: Console, hits: list[Hit], terms: Iterable[str], show_scores: bool = True) -> None:
-    """Print hits for people: paper, reviewer, week and file:line on one line, then the passage."""
+def render_hits(
+    console: Console, hits: list[Hit], terms: Iterable[str], reviewers: list[tuple[str, ...]] | None = None
+) -> None:
+    """Print hits for people: paper, reviewer, week and file:line on one line, then the passage.
+
+    `reviewers`, when given, replaces each hit's reviewer (papers rolled up from several reviews).
+    """
     terms = list(terms)
     for i, hit in enumerate(hits, start=1):
         p = hit.passage
+        names = reviewers[i - 1] if reviewers else (p.reviewer,)
         lead = Text(f"{i:>2}. ", style="bold")
-        if show_scores:
-            lead.append(f"{hit.score:.3f}  ", style="dim")
+        lead.append(f"{hit.score:.3f}  ", style="dim")
         meta = Text()
-        meta.append(f"  · {clean(p.reviewer) or '(no reviewer)'}", style="green")
+        meta.append(f"  · {', '.join(clean(n) or '(no reviewer)' for n in names)}", style="green")
         meta.append(f" · {week_label(p.week)}", style="dim")
         meta.append(f" · {display_path(p.path)}:{p.line}", style="magenta")
         if hit.passages > 1:
@@ -67,4 +72,4 @@ def render_hits(console: Console, hits: list[Hit], terms: Iterable[str], show_sc
         title = Text(clean(p.topic), style="bold cyan")
         title.truncate(max(12, console.width - lead.cell_len - meta.cell_len), overflow="ellipsis")
         console.print(Text.assemble(lead, title, meta), no_wrap=True, overflow="ellipsis")
-        console.print(Padding(highlight(clean(p.text), terms), (0, 0, 1, 4)))
+        console.print(Padding(highlight(clean(p.text), terms), (0, 0, 1, 4), expand=False))
