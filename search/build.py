@@ -41,6 +41,7 @@ class BuildSummary:
     reused: int
     removed: int
     seconds: float
+    embed_seconds: float  # the part of `seconds` spent embedding
     problems: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -125,8 +126,10 @@ def build_index(
         todo = [i for i, r in enumerate(records) if r.key not in old_by_key]
         if on_start:
             on_start(len(todo))
+        embed_start = time.perf_counter()
         if todo:
             vectors[todo] = encoder.embed_passages([records[i].embed_text for i in todo], progress)
+        embed_seconds = time.perf_counter() - embed_start
         # A passage is gone when its file no longer has that text (copies elsewhere don't count).
         kept_texts = {(r.path, r.key) for r in records}
         removed = sum(1 for p in old_passages if (p.path, p.key) not in kept_texts)
@@ -159,5 +162,6 @@ def build_index(
         reused=len(reuse),
         removed=removed,
         seconds=round(time.perf_counter() - started, 2),
+        embed_seconds=round(embed_seconds, 2),
         problems=problems,
     )
