@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-from .reader import Review
+from .reader import PLACEHOLDER, Review
 
 TokenCounter = Callable[[str], int]
 
@@ -65,6 +65,8 @@ def _paragraphs(review: Review) -> Iterator[list[Line]]:
     """Blocks, with lone label lines joined to the block that follows them."""
     labels: list[Line] = []
     for block in _blocks(review):
+        if [text for _, text in block] == [PLACEHOLDER]:
+            continue  # a template slot left inside a real review carries nothing
         if len(block) == 1 and is_label(block[0][1]):
             labels.append(block[0])
             continue

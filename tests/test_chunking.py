@@ -98,3 +98,8 @@ def test_seed_week_passages_are_labelled_paragraphs():
     calm = [r for r in reviews if r.topic.startswith("Calm-Whisper")][0]
     texts = [p.text for p in chunk_review(calm, words)]
     assert [t.split("\n")[0] for t in texts] == ["1. 문제 정의", "2. 해결 방법", "3. 리뷰"]
+
+
+def test_placeholder_paragraph_inside_a_real_review_is_dropped():
+    ps = chunk_review(review("진짜 내용이다.\n\n(내용)"), words)
+    assert [p.text for p in ps] == ["진짜 내용이다."]

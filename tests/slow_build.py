@@ -1,0 +1,28 @@
+"""Run a build with a slow fake encoder, for tests that kill or race builds: slow_build.py PATH INDEX SECONDS_PER_BATCH."""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fakes import FakeEncoder  # noqa: E402
+
+from search.build import build_index  # noqa: E402
+
+
+class SlowEncoder(FakeEncoder):
+    def embed_passages(self, texts, progress=None):
+        out = []
+        for t in texts:
+            time.sleep(float(sys.argv[3]))
+            out.append(super().embed_passages([t]))
+        import numpy as np
+
+        return np.vstack(out)
+
+
+print("started", flush=True)
+build_index([sys.argv[1]], sys.argv[2], SlowEncoder())
+print("done", flush=True)
