@@ -12,7 +12,6 @@ import unicodedata
 from typing import Iterable
 
 from rich.console import Console
-from rich.padding import Padding
 from rich.text import Text
 
 from .ranking import Hit
@@ -60,16 +59,23 @@ def render_hits(
         p = hit.passage
         names = reviewers[i - 1] if reviewers else (p.reviewer,)
         lead = Text(f"{i:>2}. ", style="bold")
-        lead.append(f"{hit.score:.3f}  ", style="dim")
+        lead.append(f"{hit.score:.3f} ", style="dim")
         meta = Text()
-        meta.append(f"  · {', '.join(clean(n) or '(no reviewer)' for n in names)}", style="green")
+        meta.append(f" · {', '.join(clean(n) or '(no reviewer)' for n in names)}", style="green")
         meta.append(f" · {week_label(p.week)}", style="dim")
         meta.append(f" · {display_path(p.path)}:{p.line}", style="magenta")
+        meta.append(f" · presenter {clean(p.presenter) or '?'}", style="dim")
         if hit.passages > 1:
             meta.append(f" · +{hit.passages - 1} passages", style="dim")
-        meta.append(f" · presenter {clean(p.presenter) or '?'}", style="dim")
-        # The title gives way to the metadata so the header stays on one line.
+        # The title keeps at least a third of the line; what does not fit after it
+        # is cut from the end, where the least needed fields are.
         title = Text(clean(p.topic), style="bold cyan")
-        title.truncate(max(12, console.width - lead.cell_len - meta.cell_len), overflow="ellipsis")
-        console.print(Text.assemble(lead, title, meta), no_wrap=True, overflow="ellipsis")
-        console.print(Padding(highlight(clean(p.text), terms), (0, 0, 1, 4), expand=False))
+        room = console.width - lead.cell_len - meta.cell_len
+        title.truncate(max(room, min(title.cell_len, console.width // 3)), overflow="ellipsis")
+        header = Text.assemble(lead, title, meta)
+        header.truncate(console.width, overflow="ellipsis")
+        console.print(header, no_wrap=True)
+        for line in highlight(clean(p.text), terms).wrap(console, max(console.width - 4, 20)):
+            line.rstrip()
+            console.print(Text("    ") + line, no_wrap=True)
+        console.print()

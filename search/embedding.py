@@ -60,7 +60,9 @@ class SentenceTransformerEncoder:
     def __init__(self, name_or_path: str, model_id: str | None = None):
         try:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
 
+            hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise in a CLI
             self.model = SentenceTransformer(name_or_path, device="cpu")
         except Exception as e:  # OSError, ValueError, HTTP errors: all mean "cannot load this model"
             raise EncoderError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e

@@ -23,6 +23,7 @@ Mode = Literal["hybrid", "dense", "lexical"]
 Group = Literal["passage", "review"]
 MODES: tuple[str, ...] = ("hybrid", "dense", "lexical")
 GROUPS: tuple[str, ...] = ("review", "passage")
+CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
 
 
@@ -127,24 +128,21 @@ class Searcher:
             return None
         return np.array([p.row for p in self.index.passages() if filters.allows(p)], dtype=np.int64)
 
-    def dense_scores(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
-        """Cosine similarity of the query to every (allowed) row."""
-        import faiss
-
-        n = self.index.size if allowed is None else len(allowed)
+    def dense_scores(self, query: str, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
+        """Cosine similarity of the query to its `limit` nearest (allowed) rows."""
+        n = min(limit, self.index.size if allowed is None else len(allowed))
         if n == 0:
             return {}
-        q = self.encoder.embed_query(query).reshape(1, -1)
-        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
-        scores, rows = self.index.faiss.search(q, n, params=params)
-        return {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
+        return self.index.dense_search(self.encoder.embed_query(query), n, allowed)
 
-    def lexical_scores(self, query: str, allowed: np.ndarray | None) -> dict[int, float]:
-        """BM25 score of every (allowed) row with at least one matching term."""
+    def lexical_scores(self, query: str, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
+        """BM25 scores of the `limit` best (allowed) rows with at least one matching term."""
         scores = self.index.lexical.scores(query)
         rows = np.nonzero(scores > 0)[0]
         if allowed is not None:
             rows = np.intersect1d(rows, allowed)
+        if len(rows) > limit:
+            rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         return {int(r): float(scores[r]) for r in rows}
 
     def search(
@@ -169,8 +167,10 @@ class Searcher:
         if group not in GROUPS:
             raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
         allowed = self._allowed_rows(filters)
-        dense = self.dense_scores(query, allowed) if mode != "lexical" or min_score is not None else {}
-        lexical = self.lexical_scores(query, allowed) if mode != "dense" else {}
+        # Fusion only needs each side's head; a few reviews have many passages each.
+        limit = max(CANDIDATES, k * 50)
+        dense = self.dense_scores(query, allowed, limit) if mode != "lexical" or min_score is not None else {}
+        lexical = self.lexical_scores(query, allowed, limit) if mode != "dense" else {}
         if min_score is not None:
             floor = {r for r, s in dense.items() if s >= min_score}
             dense = {r: s for r, s in dense.items() if r in floor}

@@ -173,6 +173,18 @@ class Index:
             found.update({r[0]: StoredPassage(*r) for r in self._db.execute(q, part)})
         return [found[r] for r in rows if r in found]
 
+    def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
+        """The k rows most similar to `vector` (inner product), limited to `allowed` rows when given.
+
+        This and `passages` are all ranking needs from storage: the seam where a
+        remote vector store would plug in (README, "Beyond one machine").
+        """
+        import faiss
+
+        params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
+        scores, rows = self.faiss.search(vector.reshape(1, -1).astype(np.float32), k, params=params)
+        return {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
+
     def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
         """Stored vectors by row (all when rows is None)."""
         if rows is None:
