@@ -64,6 +64,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _local_host_header(host: str) -> bool:
+    """True when a Host header names this machine by a loopback name or address."""
+    try:
+        name = urlsplit(f"//{host}").hostname
+    except ValueError:
+        return False
+    return name is not None and is_loopback(name)
+
+
 def _read_pointer(index_dir: Path) -> str | None:
     try:
         return (index_dir / CURRENT).read_text(encoding="utf-8").strip()
@@ -199,6 +208,11 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         """Route the request; failures become JSON errors and never reach the client as tracebacks."""
         url = urlsplit(self.path)
+        if is_loopback(self.server.server_address[0]) and not _local_host_header(self.headers.get("Host", "")):
+            # A web page on another site can point its own domain at 127.0.0.1 (DNS
+            # rebinding) and read the notes; its requests carry that domain here.
+            self._send(403, {"error": "this server answers only requests addressed to localhost"})
+            return
         service = self.server.service
         routes: dict[str, Callable[[], Any]] = {
             "/search": lambda: service.search(**parse_search(url.query)),

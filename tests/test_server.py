@@ -54,11 +54,12 @@ def server(idx: Path, fake_encoder):
     assert not thread.is_alive()
 
 
-def call(srv: SearchServer, path: str, method: str = "GET") -> tuple[int, dict, object]:
+def call(srv: SearchServer, path: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, object]:
     """(status, headers, decoded JSON body) of one request, errors included."""
     url = f"http://127.0.0.1:{srv.server_address[1]}{path}"
+    headers = {"Host": host} if host else {}
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=10) as r:
             return r.status, dict(r.headers), json.loads(r.read().decode("utf-8"))
     except urllib.error.HTTPError as e:
         body = e.read().decode("utf-8")
@@ -235,3 +236,12 @@ def test_cli_serve_without_index_is_one_line(tmp_path: Path, fake_model):
     result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path / "none"), "--port", "0"])
     assert result.exit_code == 2 and "no index at" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("host, status", [("localhost:8765", 200), ("127.0.0.1", 200), ("[::1]:80", 200), ("evil.example:8765", 403), ("", 403)])
+def test_host_header_must_name_localhost(server, host, status):
+    # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the notes
+    code, _, body = call(server, "/health", host=host or " ")
+    assert code == status
+    if status == 403:
+        assert "localhost" in body["error"]
