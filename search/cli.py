@@ -22,6 +22,9 @@ DEFAULT_INDEX = Path("index")
 IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder.")
 KOpt = typer.Option(5, "-k", "--k", min=1, max=1000, help="How many results.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
+ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")
+TopicOpt = typer.Option(None, "--topic", help="Only papers whose title contains this.")
+WeekOpt = typer.Option(None, "--week", help="A week (3) or range (3-5).")
 
 
 def fail(message: str) -> None:
@@ -105,21 +108,21 @@ def query(
     k: int = KOpt,
     mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or lexical."),
     group: str = typer.Option("review", "--group", help="review (each review once) or passage."),
-    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Only this reviewer's notes."),
-    topic: Optional[str] = typer.Option(None, "--topic", help="Only papers whose title contains this."),
-    week: Optional[str] = typer.Option(None, "--week", help="A week (3) or range (3-5)."),
+    reviewer: Optional[str] = ReviewerOpt,
+    topic: Optional[str] = TopicOpt,
+    week: Optional[str] = WeekOpt,
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose cosine similarity is below this."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the review passages closest to TEXT."""
-    from .ranking import Filters, Searcher, parse_weeks
+    from .ranking import Filters, Searcher
     from .store import open_index
 
     with clean_errors():
         if not text.strip():
             raise ValueError("the query is empty; give some words to search for")
-        filters = Filters(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
         searcher = Searcher(open_index(index_dir))
+        filters = Filters.parse(reviewer, topic, week)
         hits = searcher.search(text, k=k, mode=mode, group=group, filters=filters, min_score=min_score)
         terms = searcher.index.lexical.terms(text) if mode != "dense" else text.split()
     if as_json:
@@ -139,20 +142,20 @@ def related(
     index_dir: Path = IndexOpt,
     k: int = KOpt,
     group: str = typer.Option("review", "--group", help="review (one entry per review) or paper (reviews rolled up)."),
-    reviewer: Optional[str] = typer.Option(None, "--reviewer", help="Only this reviewer's notes."),
-    topic_filter: Optional[str] = typer.Option(None, "--topic", help="Only papers whose title contains this."),
-    week: Optional[str] = typer.Option(None, "--week", help="A week (3) or range (3-5)."),
+    reviewer: Optional[str] = ReviewerOpt,
+    topic_filter: Optional[str] = TopicOpt,
+    week: Optional[str] = WeekOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Other reviews most similar to what was written about the paper TOPIC."""
-    from .ranking import Filters, parse_weeks
+    from .ranking import Filters
     from .related import related_reviews
     from .store import open_index
 
     with clean_errors():
         if group not in ("review", "paper"):
             raise ValueError(f"unknown group {group!r}; choose review or paper")
-        filters = Filters(reviewer=reviewer, topic=topic_filter, weeks=parse_weeks(week) if week else None)
+        filters = Filters.parse(reviewer, topic_filter, week)
         title, entries = related_reviews(open_index(index_dir), topic, k=k, group=group, filters=filters)
     if as_json:
         typer.echo(json.dumps({"paper": title, "related": [e.as_dict() for e in entries]}, ensure_ascii=False, indent=1))

@@ -44,6 +44,12 @@ class Filters:
             return False
         return True
 
+    @classmethod
+    def parse(cls, reviewer: str | None = None, topic: str | None = None, week: str | None = None) -> "Filters":
+        """Filters from user input, where blank means no restriction; a bad week raises ValueError."""
+        reviewer, topic, week = ((v or "").strip() or None for v in (reviewer, topic, week))
+        return cls(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
+
     @property
     def active(self) -> bool:
         return any(v is not None for v in (self.reviewer, self.topic, self.weeks))

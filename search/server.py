@@ -38,7 +38,7 @@ from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 from .embedding import Encoder, EncoderError
-from .ranking import Filters, Searcher, parse_weeks
+from .ranking import Filters, Searcher
 from .store import CURRENT, StoreError, open_index
 
 SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week")
@@ -186,16 +186,10 @@ def parse_search(query_string: str) -> dict:
         k = 0
     if not 1 <= k <= MAX_K:
         raise BadRequest(f"k takes a whole number from 1 to {MAX_K}, not {params['k']!r}")
-    week = params.get("week", "").strip()
     try:
-        weeks = parse_weeks(week) if week else None
+        filters = Filters.parse(params.get("reviewer"), params.get("topic"), params.get("week"))
     except ValueError:
-        raise BadRequest(f"week takes a week (3) or a range (3-5), not {week!r}") from None
-    filters = Filters(
-        reviewer=params.get("reviewer", "").strip() or None,
-        topic=params.get("topic", "").strip() or None,
-        weeks=weeks,
-    )
+        raise BadRequest(f"week takes a week (3) or a range (3-5), not {params.get('week')!r}") from None
     return {"query": query, "k": k, "mode": params.get("mode", "hybrid"), "group": params.get("group", "review"), "filters": filters}
 
 
