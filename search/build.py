@@ -137,15 +137,13 @@ def build_index(
             old.close()
 
         lexical = LexicalIndex.build(passage_terms([r.embed_text for r in records]))
-        files = sorted({r.path for r in records})
+        per_file = Counter(r.path for r in records)
         manifest = Manifest(
             format=FORMAT_VERSION,
             model_id=encoder.model_id,
             dim=encoder.dim,
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            files=[
-                {"path": f, "passages": sum(1 for r in records if r.path == f)} for f in files
-            ],
+            files=[{"path": f, "passages": n} for f, n in sorted(per_file.items())],
             passages=len(records),
             reviews=len({r.review_key for r in records}),
             roots=[str(Path(p).resolve()) for p in paths],

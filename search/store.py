@@ -188,8 +188,10 @@ class Index:
     def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
         """Stored vectors by row (all when rows is None)."""
         if rows is None:
-            return self.faiss.reconstruct_n(0, self.size) if self.size else np.zeros((0, self.manifest.dim), np.float32)
-        return np.vstack([self.faiss.reconstruct(int(r)) for r in rows]) if len(rows) else np.zeros((0, self.manifest.dim), np.float32)
+            rows = range(self.size)
+        if not len(rows):
+            return np.zeros((0, self.manifest.dim), np.float32)
+        return self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64))
 
     def close(self) -> None:
         self._db.close()
