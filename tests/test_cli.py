@@ -117,3 +117,20 @@ def test_control_characters_in_notes_are_neutralised(notes: Path, tmp_path: Path
     result = invoke("query", "아쉬웠다", "--index", tmp_path / "idx")
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "\\u001b" in result.output
+
+
+def test_model_option_takes_a_sentence_transformers_folder(notes: Path, tmp_path: Path, e5_model_dir: Path):
+    # the converted default model loaded as "any other" model: prompts come from its config
+    result = invoke("index", notes, "--index", tmp_path / "idx", "--model", e5_model_dir, "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model"] == str(e5_model_dir)
+    hits = json.loads(invoke("query", "LoRA 파인튜닝 비용", "--index", tmp_path / "idx", "--json", "-k", "1").stdout)
+    assert hits[0]["topic"].startswith("LoRA")
+    # re-indexing without --model keeps the index's model (nothing re-embedded)
+    again = json.loads(invoke("index", "--index", tmp_path / "idx", "--json").stdout)
+    assert again["model"] == str(e5_model_dir) and again["embedded"] == 0
+
+
+def test_unknown_model_is_a_clean_error(notes: Path, tmp_path: Path):
+    result = invoke("index", notes, "--index", tmp_path / "idx", "--model", tmp_path / "no-such-model")
+    assert result.exit_code == 2 and "cannot load model" in result.output and "Traceback" not in result.output

@@ -205,3 +205,11 @@ def test_seed_week():
     result = read_reviews([Path(__file__).resolve().parent.parent / "seeds"])
     assert [(r.topic_no, r.reviewer) for r in result.reviews] == [(1, "장재후"), (2, "박민경"), (2, "장재후"), (3, "박민경")]
     assert all(r.week is None for r in result.reviews)
+
+
+def test_real_50mb_file_is_skipped_without_reading_it(notes: Path):
+    with open(notes / "huge.md", "wb") as f:
+        f.truncate(50 * 1024 * 1024)
+    result = read_reviews([notes])
+    assert len(result.reviews) == 2
+    assert [p.message for p in result.problems] == ["file is 50 MiB, over the 5 MiB limit for notes, skipped"]
