@@ -55,12 +55,12 @@ def passage_key(model_id: str, embed_text: str) -> str:
     return hashlib.sha256(f"{model_id}\0{embed_text}".encode("utf-8")).hexdigest()
 
 
-def _stored(p: Passage, row: int, key: str) -> StoredPassage:
+def _stored(p: Passage, row: int, key: str, terms: str) -> StoredPassage:
     r = p.review
     return StoredPassage(
         row=row, key=key, path=r.path, file=r.file, week=r.week, topic_no=r.topic_no, topic=r.topic,
         presenter=r.presenter, review_no=r.review_no, reviewer=r.reviewer, line=p.line,
-        end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text,
+        end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text, terms=terms,
     )
 
 
@@ -104,11 +104,17 @@ def build_index(
         result = read_reviews(paths)
         problems = list(result.problems)
         passages = [p for review in result.reviews for p in chunk_review(review, encoder.count_tokens)]
-        keys = [passage_key(encoder.model_id, p.embed_text) for p in passages]
-        records = [_stored(p, row, key) for row, (p, key) in enumerate(zip(passages, keys))]
-
         old = _previous(index_dir, problems)
         old_passages = old.passages() if old is not None else []
+        # Terms depend on the text alone, so any earlier passage with the same text has them.
+        known_terms = {p.embed_text: p.terms for p in old_passages}
+        new_texts = sorted({p.embed_text for p in passages} - known_terms.keys())
+        known_terms.update(zip(new_texts, (" ".join(t) for t in passage_terms(new_texts))))
+        records = [
+            _stored(p, row, passage_key(encoder.model_id, p.embed_text), known_terms[p.embed_text])
+            for row, p in enumerate(passages)
+        ]
+
         reusable = not full and old is not None and old.manifest.model_id == encoder.model_id
         old_by_key = {p.key: p.row for p in old_passages} if reusable else {}
         if reusable:
@@ -136,7 +142,7 @@ def build_index(
         if old is not None:
             old.close()
 
-        lexical = LexicalIndex.build(passage_terms([r.embed_text for r in records]))
+        lexical = LexicalIndex.build([r.terms.split() for r in records])
         per_file = Counter(r.path for r in records)
         manifest = Manifest(
             format=FORMAT_VERSION,

@@ -29,7 +29,7 @@ import numpy as np
 
 from .lexical import LexicalIndex
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 VECTORS = "dense.faiss"
@@ -78,6 +78,7 @@ class StoredPassage:
     passage_no: int
     text: str
     embed_text: str
+    terms: str  # its BM25 terms, space-separated: kept so unchanged passages skip Kiwi next build
 
     @property
     def review_key(self) -> tuple[str, int, int]:
@@ -292,7 +293,7 @@ class Writer:
                 "CREATE TABLE passages (row INTEGER PRIMARY KEY, key TEXT NOT NULL, path TEXT NOT NULL, "
                 "file TEXT NOT NULL, week INTEGER, topic_no INTEGER, topic TEXT, presenter TEXT, "
                 "review_no INTEGER, reviewer TEXT, line INTEGER, end_line INTEGER, passage_no INTEGER, "
-                "text TEXT NOT NULL, embed_text TEXT NOT NULL)"
+                "text TEXT NOT NULL, embed_text TEXT NOT NULL, terms TEXT NOT NULL)"
             )
             db.executemany(
                 f"INSERT INTO passages VALUES ({','.join('?' * len(_COLUMNS))})",

@@ -101,3 +101,20 @@ def test_no_placeholder_is_ever_indexed(dev_corpus: Path, tmp_path: Path, fake_e
     ps = open_index(tmp_path / "idx").passages()
     assert all(p.reviewer and "(내용)" not in p.text for p in ps)
     assert len({p.review_key for p in ps}) == 25
+
+
+def test_unchanged_passages_reuse_their_terms_without_kiwi(notes: Path, tmp_path: Path, fake_encoder, monkeypatch):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    analysed: list[str] = []
+    import search.build
+
+    real = search.build.passage_terms
+    monkeypatch.setattr(search.build, "passage_terms", lambda texts: analysed.extend(texts) or real(texts))
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    assert analysed == []
+    f = notes / "week3.md"
+    f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠지만 좋았다."), encoding="utf-8")
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    assert len(analysed) == 1 and "좋았다" in analysed[0]
+    idx = open_index(tmp_path / "idx")
+    assert Searcher(idx, fake_encoder).search("hallucination", k=1, mode="lexical")
