@@ -23,7 +23,7 @@ from .chunking import Passage, chunk_review
 from .embedding import Encoder, Progress
 from .lexical import LexicalIndex, passage_terms
 from .reader import Problem, read_reviews
-from .store import FORMAT_VERSION, Index, Manifest, StoredPassage, StoreError, Writer, open_index
+from .store import FORMAT_VERSION, Index, Manifest, StoredPassage, StoreError, Writer, open_index, read_manifest
 
 DEFAULT_ROOTS = ["seeds"]
 
@@ -74,15 +74,14 @@ def _previous(index_dir: Path, problems: list[Problem]) -> Index | None:
         return None
 
 
-def previous_roots(index_dir: Path | str) -> list[str] | None:
-    """The paths the existing index was built from, if it can be read."""
-    try:
-        index = open_index(index_dir)
-    except StoreError:
-        return None
-    roots = index.manifest.roots
-    index.close()
-    return roots
+def previous_settings(index_dir: Path | str) -> tuple[list[str] | None, str | None]:
+    """The paths and model the existing index was built with, read leniently.
+
+    Only the manifest is read, and an index of an older format still counts:
+    a rebuild after an upgrade should cover the same notes with the same model.
+    """
+    manifest = read_manifest(Path(index_dir))
+    return manifest.get("roots"), manifest.get("model_id")
 
 
 def build_index(

@@ -60,20 +60,13 @@ def index(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build or update the index from review files."""
-    from .build import DEFAULT_ROOTS, build_index, previous_roots
+    from .build import DEFAULT_ROOTS, build_index, previous_settings
     from .embedding import load_encoder
-    from .store import open_index
 
     with clean_errors():
-        roots = [str(p) for p in paths] if paths else (previous_roots(index_dir) or DEFAULT_ROOTS)
-        if model is None:
-            try:
-                existing = open_index(index_dir)
-                model = existing.manifest.model_id
-                existing.close()
-            except StoreError:
-                pass
-        encoder = load_encoder(model)
+        previous_roots, previous_model = previous_settings(index_dir)
+        roots = [str(p) for p in paths] if paths else (previous_roots or DEFAULT_ROOTS)
+        encoder = load_encoder(model or previous_model)
         err = _console(stderr=True)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

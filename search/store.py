@@ -213,6 +213,15 @@ def current_generation(index_dir: Path) -> Path | None:
     return gen
 
 
+def read_manifest(index_dir: Path) -> dict[str, Any]:
+    """The live generation's manifest as plain JSON, or {} when there is none or it is unreadable."""
+    try:
+        gen = current_generation(index_dir)
+        return json.loads((gen / MANIFEST).read_text(encoding="utf-8")) if gen else {}
+    except (StoreError, OSError, ValueError):
+        return {}
+
+
 def open_index(index_dir: Path | str) -> Index:
     """Load the live index from `index_dir`, or raise a StoreError that says how to fix it."""
     index_dir = Path(index_dir)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from search.build import build_index, passage_key, previous_roots
+from search.build import build_index, passage_key, previous_settings
 from search.ranking import Searcher
 from search.store import open_index
 
@@ -90,10 +91,14 @@ def test_keys_depend_on_model_and_text():
     assert passage_key("m", "a") == passage_key("m", "a")
 
 
-def test_roots_are_remembered(notes: Path, tmp_path: Path, fake_encoder):
+def test_roots_and_model_are_remembered_even_across_formats(notes: Path, tmp_path: Path, fake_encoder):
     build_index([notes], tmp_path / "idx", fake_encoder)
-    assert previous_roots(tmp_path / "idx") == [str(notes.resolve())]
-    assert previous_roots(tmp_path / "none") is None
+    assert previous_settings(tmp_path / "idx") == ([str(notes.resolve())], fake_encoder.model_id)
+    assert previous_settings(tmp_path / "none") == (None, None)
+    gen = tmp_path / "idx" / (tmp_path / "idx" / "CURRENT").read_text().strip()
+    manifest = json.loads((gen / "manifest.json").read_text())
+    (gen / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
+    assert previous_settings(tmp_path / "idx") == ([str(notes.resolve())], fake_encoder.model_id)
 
 
 def test_no_placeholder_is_ever_indexed(dev_corpus: Path, tmp_path: Path, fake_encoder):
