@@ -101,6 +101,6 @@ def test_large_collections_switch_to_hnsw(monkeypatch):
     assert type(faiss_index_for(vectors)).__name__ == "IndexFlatIP"
     monkeypatch.setattr(store, "HNSW_FROM", 10)
     hnsw = faiss_index_for(vectors)
-    assert type(hnsw).__name__ == "IndexHNSWFlat"
+    assert type(hnsw).__name__ == "IndexHNSWFlat" and hnsw.hnsw.efSearch == store.HNSW_EF_SEARCH
     _, rows = hnsw.search(vectors[:5], 1)
     assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
