@@ -6,7 +6,6 @@ Library errors become one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional

@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 
 from search.build import build_index, passage_key, previous_settings
 from search.ranking import Searcher
