@@ -17,7 +17,7 @@ import numpy as np
 
 from . import embedding
 from .embedding import Encoder, EncoderError
-from .store import Index, StoredPassage
+from .store import Index
 
 Mode = Literal["hybrid", "dense", "lexical"]
 Group = Literal["passage", "review"]
@@ -35,14 +35,19 @@ class Filters:
     topic: str | None = None  # case-insensitive substring of the paper title
     weeks: tuple[int, int] | None = None  # inclusive range
 
-    def allows(self, p: StoredPassage) -> bool:
-        if self.reviewer is not None and p.reviewer != self.reviewer.strip():
-            return False
-        if self.topic is not None and self.topic.strip().casefold() not in p.topic.casefold():
-            return False
-        if self.weeks is not None and (p.week is None or not self.weeks[0] <= p.week <= self.weeks[1]):
-            return False
-        return True
+    def sql(self) -> tuple[str, list]:
+        """A WHERE clause over the passages table and its parameters (the index evaluates it)."""
+        clauses, params = [], []
+        if self.reviewer is not None:
+            clauses.append("reviewer = ?")
+            params.append(self.reviewer.strip())
+        if self.topic is not None:
+            clauses.append("contains_casefold(topic, ?)")
+            params.append(self.topic.strip())
+        if self.weeks is not None:
+            clauses.append("week BETWEEN ? AND ?")
+            params += list(self.weeks)
+        return " AND ".join(clauses) or "1", params
 
     @classmethod
     def parse(cls, reviewer: str | None = None, topic: str | None = None, week: str | None = None) -> "Filters":
@@ -130,9 +135,7 @@ class Searcher:
         return self._encoder
 
     def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
-        if not filters.active:
-            return None
-        return np.array([p.row for p in self.index.passages() if filters.allows(p)], dtype=np.int64)
+        return self.index.rows_where(*filters.sql()) if filters.active else None
 
     def dense_scores(self, query: str, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
         """Cosine similarity of the query to its `limit` nearest (allowed) rows."""

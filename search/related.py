@@ -107,10 +107,11 @@ def related_reviews(
     own = [key for key, ps in by_review.items() if ps[0].topic == title]
     paper = _unit(np.mean([review_vec[key] for key in own], axis=0))
 
+    allowed = set(index.rows_where(*filters.sql()).tolist())
     candidates = [
         (float(review_vec[key] @ paper), ps)
         for key, ps in by_review.items()
-        if ps[0].topic != title and filters.allows(ps[0])
+        if ps[0].topic != title and ps[0].row in allowed
     ]
     candidates.sort(key=lambda c: (-c[0], c[1][0].row))
     entries: list[Related] = []

@@ -177,6 +177,11 @@ class Index:
             found.update({r[0]: StoredPassage(*r) for r in self._db.execute(q, part)})
         return [found[r] for r in rows if r in found]
 
+    def rows_where(self, where: str, params: Sequence) -> np.ndarray:
+        """Rows of the passages matching an SQL condition (see ranking.Filters.sql), ascending."""
+        cur = self._db.execute(f"SELECT row FROM passages WHERE {where} ORDER BY row", params)
+        return np.fromiter((r for (r,) in cur), dtype=np.int64)
+
     def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """The k rows most similar to `vector` (inner product), limited to `allowed` rows when given.
 
@@ -249,6 +254,8 @@ def open_index(index_dir: Path | str) -> Index:
         raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated; {rebuild}") from e
     try:
         db = sqlite3.connect(f"file:{gen / PASSAGES}?mode=ro", uri=True)
+        # SQLite's lower() folds ASCII only; titles mix Korean, accents and full-width letters.
+        db.create_function("contains_casefold", 2, lambda text, part: part.casefold() in (text or "").casefold(), deterministic=True)
         (count,) = db.execute("SELECT count(*) FROM passages").fetchone()
     except sqlite3.Error as e:
         raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e}); {rebuild}") from e
