@@ -3,7 +3,7 @@
 A one-shot `query` pays for loading the model and the index on every call; the
 server pays once and then answers in milliseconds.
 
-    GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5
+    GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5&min_score=0.8
         200, a JSON array of hits, each the object `query --json` prints
     GET /health
         200, {"status": "ok", "passages": N, "model": "...", "index": "<generation folder>"}
@@ -41,7 +41,7 @@ from .embedding import Encoder, EncoderError
 from .ranking import Filters, Searcher
 from .store import CURRENT, StoreError, open_index
 
-SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week")
+SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score")
 MAX_K = 1000  # the CLI's limit too
 T = TypeVar("T")
 
@@ -135,12 +135,16 @@ class SearchService:
             raise
         return searcher
 
-    def _search(self, query: str, k: int, mode: str, group: str, filters: Filters) -> list[dict]:
-        return [h.as_dict() for h in self._current().search(query, k=k, mode=mode, group=group, filters=filters)]
+    def _search(self, query: str, k: int, mode: str, group: str, filters: Filters, min_score: float | None) -> list[dict]:
+        hits = self._current().search(query, k=k, mode=mode, group=group, filters=filters, min_score=min_score)
+        return [h.as_dict() for h in hits]
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid", group: str = "review", filters: Filters = Filters()) -> list[dict]:
+    def search(
+        self, query: str, k: int = 5, mode: str = "hybrid", group: str = "review",
+        filters: Filters = Filters(), min_score: float | None = None,
+    ) -> list[dict]:
         """Hits for `query` as `query --json` objects, from the live generation of the index."""
-        return self._run(self._search, query, k, mode, group, filters)
+        return self._run(self._search, query, k, mode, group, filters, min_score)
 
     def _health(self) -> dict:
         index = self._current().index
@@ -190,7 +194,14 @@ def parse_search(query_string: str) -> dict:
         filters = Filters.parse(params.get("reviewer"), params.get("topic"), params.get("week"))
     except ValueError:
         raise BadRequest(f"week takes a week (3) or a range (3-5), not {params.get('week')!r}") from None
-    return {"query": query, "k": k, "mode": params.get("mode", "hybrid"), "group": params.get("group", "review"), "filters": filters}
+    try:
+        min_score = float(params["min_score"]) if params.get("min_score", "").strip() else None
+    except ValueError:
+        raise BadRequest(f"min_score takes a number, not {params['min_score']!r}") from None
+    return {
+        "query": query, "k": k, "mode": params.get("mode", "hybrid"), "group": params.get("group", "review"),
+        "filters": filters, "min_score": min_score,
+    }
 
 
 class Handler(BaseHTTPRequestHandler):

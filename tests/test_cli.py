@@ -134,3 +134,10 @@ def test_model_option_takes_a_sentence_transformers_folder(notes: Path, tmp_path
 def test_unknown_model_is_a_clean_error(notes: Path, tmp_path: Path):
     result = invoke("index", notes, "--index", tmp_path / "idx", "--model", tmp_path / "no-such-model")
     assert result.exit_code == 2 and "cannot load model" in result.output and "Traceback" not in result.output
+
+
+def test_min_score_can_leave_nothing_and_says_so(built: Path):
+    result = invoke("query", "hallucination", "--index", built, "--min-score", "1.01")
+    assert result.exit_code == 0 and result.output.strip() == "no review matches with similarity >= 1.01"
+    hits = json.loads(invoke("query", "hallucination", "--index", built, "--min-score", "-1", "--json").stdout)
+    assert hits and all(h["dense"] >= -1 for h in hits)

@@ -128,6 +128,7 @@ def test_filters(server: SearchServer, idx: Path, fake_encoder):
         ("/search?q=x&group=paper", 400, "unknown group"),
         ("/search?q=x&week=nine", 400, "week takes"),
         ("/search?q=x&week=5-3", 400, "week takes"),
+        ("/search?q=x&min_score=high", 400, "min_score takes"),
         ("/search?q=x&wek=3", 400, "unknown parameter 'wek'"),
         ("/search?q=x&q=y", 400, "more than once"),
         ("/nowhere", 404, "no such path"),
@@ -245,3 +246,11 @@ def test_host_header_must_name_localhost(server, host, status):
     assert code == status
     if status == 403:
         assert "localhost" in body["error"]
+
+
+def test_min_score_drops_weak_hits(server):
+    status, all_hits = search(server, q="hallucination", k=5, mode="dense", group="passage")
+    assert status == 200 and len(all_hits) >= 2
+    floor = all_hits[0]["dense"]
+    status, strong = search(server, q="hallucination", k=5, mode="dense", group="passage", min_score=floor)
+    assert status == 200 and [h["dense"] for h in strong] == [floor]
