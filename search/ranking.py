@@ -10,7 +10,7 @@ still returns k results when k exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -199,7 +199,7 @@ class Searcher:
             if group == "review":
                 if p.review_key in seen:
                     i = seen[p.review_key]
-                    hits[i] = Hit(hits[i].passage, hits[i].score, hits[i].dense, hits[i].lexical, hits[i].passages + 1)
+                    hits[i] = replace(hits[i], passages=hits[i].passages + 1)
                     continue
                 seen[p.review_key] = len(hits)
             hits.append(Hit(p, fused[row], dense.get(row), lexical.get(row)))
