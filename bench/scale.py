@@ -89,6 +89,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import search  # noqa: E402,F401  sets OMP_WAIT_POLICY=PASSIVE (unless set) before faiss loads, as the app does
+from search.store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -102,8 +103,9 @@ SPECTRUM_POWER = 1.25
 TOPICS_PER_SQRT_N = 3
 TOPIC_ZIPF = 0.8
 CHUNK = 100_000
-DEFAULT_EF_CONSTRUCTION = 80  # store.py's; HNSW rows without ",efC..." in their name use it
-DEFAULT_EF_SEARCH = 128  # store.py's
+# What the app builds; HNSW rows without ",efC..." in their name use its efConstruction
+DEFAULT_EF_CONSTRUCTION = HNSW_EF_CONSTRUCTION
+DEFAULT_EF_SEARCH = HNSW_EF_SEARCH
 
 LOAD_MODES = {"read": "0", "mmap": "IO_FLAG_MMAP", "mmap_ifc": "IO_FLAG_MMAP_IFC"}
 
@@ -360,6 +362,21 @@ def save_index(faiss, index, folder: Path, name: str) -> tuple[str, int, float]:
     return path, os.path.getsize(path), write_s
 
 
+def save_into(faiss, index, name: str, entry: dict, n: int, workdir: Path) -> str:
+    """Write `index` to disk and record its size and write time in `entry`; returns the path."""
+    path, size, write_s = save_index(faiss, index, workdir, f"{name}.faiss")
+    entry.update({"bytes": size, "bytes_per_vector": round(size / n, 1), "write_s": round(write_s, 3)})
+    return path
+
+
+def probe_loads(faiss, path: str, name: str, entry: dict, n: int, qpath: str, repeats: int) -> None:
+    """Time loading the saved index in fresh processes (call after freeing the in-memory one), then delete it."""
+    gc.collect()
+    log(f"N={n:,}: {name} load probes")
+    entry["load"] = load_costs(faiss, path, qpath, repeats)
+    os.remove(path)
+
+
 def run_size(faiss, n: int, args, workdir: Path) -> dict:
     t_size = time.perf_counter()
     res: dict = {"n": n, "indexes": []}
@@ -397,13 +414,9 @@ def run_size(faiss, n: int, args, workdir: Path) -> dict:
     entry["candidates"] = candidates_cost(flat, queries, depth, truth_depth, args.passes)
     if args.check_serialize and n <= 100_000:
         entry["serialize_index_bytes"] = int(faiss.serialize_index(flat).size)
-    path, size, write_s = save_index(faiss, flat, workdir, "flat.faiss")
-    entry.update({"bytes": size, "bytes_per_vector": round(size / n, 1), "write_s": round(write_s, 3)})
+    path = save_into(faiss, flat, "Flat", entry, n, workdir)
     del flat
-    gc.collect()
-    log(f"N={n:,}: Flat load probes")
-    entry["load"] = load_costs(faiss, path, qpath, args.load_repeats)
-    os.remove(path)
+    probe_loads(faiss, path, "Flat", entry, n, qpath, args.load_repeats)
     res["indexes"].append(entry)
 
     for m, ef_construction in args.hnsw:
@@ -433,13 +446,9 @@ def run_size(faiss, n: int, args, workdir: Path) -> dict:
         hnsw.hnsw.efSearch = DEFAULT_EF_SEARCH  # the effort; k=1000 > efSearch is filled from visited nodes
         entry["candidates"] = candidates_cost(hnsw, queries, depth, truth_depth, args.passes)
         log(f"N={n:,}: {name} k={depth}: p50 {entry['candidates']['p50_ms']:.3f} ms, recall@{depth} {entry['candidates']['recall_at_k']:.4f}")
-        path, size, write_s = save_index(faiss, hnsw, workdir, f"{name}.faiss")
-        entry.update({"bytes": size, "bytes_per_vector": round(size / n, 1), "write_s": round(write_s, 3)})
+        path = save_into(faiss, hnsw, name, entry, n, workdir)
         del hnsw
-        gc.collect()
-        log(f"N={n:,}: {name} load probes")
-        entry["load"] = load_costs(faiss, path, qpath, args.load_repeats)
-        os.remove(path)
+        probe_loads(faiss, path, name, entry, n, qpath, args.load_repeats)
         res["indexes"].append(entry)
 
     del x

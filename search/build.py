@@ -23,7 +23,7 @@ from .chunking import Passage, chunk_review
 from .embedding import Encoder, Progress
 from .lexical import LexicalIndex, passage_terms
 from .reader import Problem, read_reviews
-from .store import FORMAT_VERSION, Index, Manifest, StoredPassage, StoreError, Writer, open_index, read_manifest
+from .store import CURRENT, FORMAT_VERSION, Index, Manifest, StoredPassage, StoreError, Writer, open_index, read_manifest
 
 DEFAULT_ROOTS = ["seeds"]
 
@@ -69,7 +69,7 @@ def _previous(index_dir: Path, problems: list[Problem]) -> Index | None:
     try:
         return open_index(index_dir)
     except StoreError as e:
-        if (index_dir / "CURRENT").exists():
+        if (index_dir / CURRENT).exists():
             problems.append(Problem(str(index_dir), None, f"previous index unusable, building from scratch ({e})"))
         return None
 

@@ -6,6 +6,7 @@ Library errors become one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -168,24 +169,12 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 
     with clean_errors():
         idx = open_index(index_dir)
-        passages = idx.passages()
-    papers: dict[tuple, dict] = {}
-    for p in passages:
-        entry = papers.setdefault(
-            (p.path, p.topic_no),
-            {"week": p.week, "file": p.file, "topic_no": p.topic_no, "topic": p.topic, "presenter": p.presenter, "reviewers": {}, "passages": 0},
-        )
-        entry["reviewers"][p.reviewer] = entry["reviewers"].get(p.reviewer, 0) + 1
-        entry["passages"] += 1
-    rows = sorted(papers.values(), key=lambda e: (e["week"] is None, e["week"] or 0, e["file"], e["topic_no"]))
+        papers = idx.papers()
+    m = idx.manifest
     if as_json:
         out = {
-            "model": idx.manifest.model_id,
-            "created": idx.manifest.created,
-            "files": len(idx.manifest.files),
-            "reviews": idx.manifest.reviews,
-            "passages": idx.manifest.passages,
-            "papers": [{**r, "reviewers": sorted(r["reviewers"])} for r in rows],
+            "model": m.model_id, "created": m.created, "files": len(m.files), "reviews": m.reviews,
+            "passages": m.passages, "papers": [asdict(p) for p in papers],
         }
         typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
         return
@@ -193,14 +182,14 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 
     from .display import clean, week_label
 
-    table = Table(title=f"{index_dir}: {len(idx.manifest.files)} files, {len(rows)} papers, "
-                  f"{idx.manifest.reviews} reviews, {idx.manifest.passages} passages ({idx.manifest.model_id})")
+    table = Table(title=f"{index_dir}: {len(m.files)} files, {len(papers)} papers, "
+                  f"{m.reviews} reviews, {m.passages} passages ({m.model_id})")
     for col in ("week", "paper", "presenter", "reviewers", "passages"):
         table.add_column(col, overflow="fold")
-    for r in rows:
+    for p in papers:
         table.add_row(
-            week_label(r["week"]), clean(r["topic"]), clean(r["presenter"]),
-            ", ".join(clean(n or "(none)") for n in sorted(r["reviewers"])), str(r["passages"]),
+            week_label(p.week), clean(p.topic), clean(p.presenter),
+            ", ".join(clean(n or "(none)") for n in p.reviewers), str(p.passages),
         )
     _console().print(table)
 

@@ -178,7 +178,7 @@ def parse(text: str, path: str) -> tuple[list[Review], list[Problem]]:
         elif expect == "reviewer":
             expect = None
             m = _REVIEWER.match(line)
-            if m and current is not None:
+            if m:
                 current = (current[0], m.group(1).strip(), current[2], current[3])
                 continue
 
@@ -196,8 +196,6 @@ def parse(text: str, path: str) -> tuple[list[Review], list[Problem]]:
                 continue
             current = (int(m.group(1)), "", line_no, [])
             expect = "reviewer"
-        elif _H1.match(line):
-            pass  # the week header, read up front
         elif _SEPARATOR.match(line):
             close()
         elif current is not None:

@@ -93,6 +93,19 @@ _COLUMNS = [f.name for f in fields(StoredPassage)]
 
 
 @dataclass(frozen=True)
+class Paper:
+    """One reviewed paper in the index: who presented it, who reviewed it, how many passages."""
+
+    week: int | None
+    file: str
+    topic_no: int
+    topic: str
+    presenter: str
+    reviewers: list[str]
+    passages: int
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What an index was built with and from; a query checks it before trusting the vectors."""
 
@@ -156,7 +169,7 @@ class Index:
             try:
                 self._lexical = LexicalIndex.load(self.folder / LEXICAL)
             except (OSError, ValueError) as e:
-                raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e}); rebuild with `review-search index --full`") from e
+                raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e}); {_rebuild_hint(self.folder.parent)}") from e
         return self._lexical
 
     @property
@@ -177,6 +190,17 @@ class Index:
             found.update({r[0]: StoredPassage(*r) for r in self._db.execute(q, part)})
         return [found[r] for r in rows if r in found]
 
+    def papers(self) -> list[Paper]:
+        """Every reviewed paper, in week, file and topic order."""
+        cur = self._db.execute(
+            "SELECT week, file, topic_no, topic, presenter, json_group_array(DISTINCT reviewer), count(*) "
+            "FROM passages GROUP BY path, topic_no ORDER BY week IS NULL, week, file, topic_no"
+        )
+        return [
+            Paper(week, file, topic_no, topic, presenter, sorted(json.loads(reviewers)), n)
+            for week, file, topic_no, topic, presenter, reviewers, n in cur
+        ]
+
     def rows_where(self, where: str, params: Sequence) -> np.ndarray:
         """Rows of the passages matching an SQL condition (see ranking.Filters.sql), ascending."""
         cur = self._db.execute(f"SELECT row FROM passages WHERE {where} ORDER BY row", params)
@@ -185,8 +209,9 @@ class Index:
     def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """The k rows most similar to `vector` (inner product), limited to `allowed` rows when given.
 
-        This and `passages` are all ranking needs from storage: the seam where a
-        remote vector store would plug in (README, "Beyond one machine").
+        With `passages`, `rows_where` and `lexical`, this is all ranking needs from
+        storage: the seam where a remote search engine would plug in (README,
+        "Beyond one machine").
         """
         import faiss
 
@@ -206,6 +231,10 @@ class Index:
         self._db.close()
 
 
+def _rebuild_hint(index_dir: Path) -> str:
+    return f"rebuild with `review-search index --full --index {index_dir}`"
+
+
 def current_generation(index_dir: Path) -> Path | None:
     """The live generation folder, or None when the folder holds no index."""
     pointer = index_dir / CURRENT
@@ -214,10 +243,10 @@ def current_generation(index_dir: Path) -> Path | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise IndexDamaged(f"{pointer}: cannot read ({e.strerror}); rebuild with `review-search index --full`") from e
+        raise IndexDamaged(f"{pointer}: cannot read ({e.strerror}); {_rebuild_hint(index_dir)}") from e
     gen = index_dir / name
     if not name.startswith(_GEN_PREFIX) or "/" in name or not gen.is_dir():
-        raise IndexDamaged(f"{pointer} names a missing generation {name!r}; rebuild with `review-search index --full`")
+        raise IndexDamaged(f"{pointer} names a missing generation {name!r}; {_rebuild_hint(index_dir)}")
     return gen
 
 
@@ -236,7 +265,7 @@ def open_index(index_dir: Path | str) -> Index:
     gen = current_generation(index_dir)
     if gen is None:
         raise NoIndex(f"no index at {index_dir}; build one with `review-search index [PATH ...] --index {index_dir}`")
-    rebuild = f"rebuild with `review-search index --full --index {index_dir}`"
+    rebuild = _rebuild_hint(index_dir)
     try:
         raw = json.loads((gen / MANIFEST).read_text(encoding="utf-8"))
         manifest = Manifest(**raw)

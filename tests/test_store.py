@@ -104,3 +104,14 @@ def test_large_collections_switch_to_hnsw(monkeypatch):
     assert type(hnsw).__name__ == "IndexHNSWFlat" and hnsw.hnsw.efSearch == store.HNSW_EF_SEARCH
     _, rows = hnsw.search(vectors[:5], 1)
     assert rows[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_papers_summarise_the_index(notes: Path, tmp_path: Path, fake_encoder):
+    f = notes / "week3.md"
+    f.write_text(f.read_text(encoding="utf-8").replace("- **리뷰어**: 김철수", "- **리뷰어**: 김, 철수"), encoding="utf-8")
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    papers = open_index(tmp_path / "idx").papers()
+    assert [(p.week, p.topic_no, p.presenter, p.reviewers, p.passages) for p in papers] == [
+        (3, 1, "김철수", ["이영희"], 2),
+        (3, 2, "이영희", ["김, 철수"], 1),
+    ]
