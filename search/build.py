@@ -21,9 +21,10 @@ import numpy as np
 
 from .chunking import Passage, chunk_review
 from .embedding import Encoder, Progress
+from .errors import IndexUnavailable
 from .lexical import LexicalIndex, passage_terms
 from .reader import Problem, read_reviews
-from .store import CURRENT, FORMAT_VERSION, Index, Manifest, StoredPassage, StoreError, Writer, open_index, read_manifest
+from .store import CURRENT, FORMAT_VERSION, Index, Manifest, StoredPassage, Writer, open_index, read_manifest
 
 DEFAULT_ROOTS = ["seeds"]
 
@@ -68,7 +69,7 @@ def _previous(index_dir: Path, problems: list[Problem]) -> Index | None:
     """The index being updated, or None when there is none or it cannot be read."""
     try:
         return open_index(index_dir)
-    except StoreError as e:
+    except IndexUnavailable as e:
         if (index_dir / CURRENT).exists():
             problems.append(Problem(str(index_dir), None, f"previous index unusable, building from scratch ({e})"))
         return None
@@ -95,7 +96,7 @@ def build_index(
     """Index the review files under `paths` into `index_dir`, reusing vectors unless `full`.
 
     `on_start(n)` is called with the number of passages to embed, `progress(k)`
-    as each batch is done. Raises StoreError if another build holds the index.
+    as each batch is done. Raises IndexBusy if another build holds the index.
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)

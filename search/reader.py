@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .errors import BadRequest
+
 # Larger files are not review notes; reading them whole would only waste memory.
 MAX_FILE_BYTES = 5 * 1024 * 1024
 
@@ -81,10 +83,6 @@ class ReadResult:
     files: list[str]  # files that were parsed
     skipped: list[str]  # files that exist but could not be read as text
     problems: list[Problem]
-
-
-class InputError(Exception):
-    """A path given by the user cannot be read at all."""
 
 
 def week_from_name(name: str) -> int | None:
@@ -217,9 +215,9 @@ def markdown_files(paths: Iterable[str | Path]) -> Iterator[Path]:
         elif p.is_file():
             found = [p]
         elif p.exists():
-            raise InputError(f"{p}: not a regular file or folder")
+            raise BadRequest(f"{p}: not a regular file or folder")
         else:
-            raise InputError(f"{p}: no such file or folder")
+            raise BadRequest(f"{p}: no such file or folder")
         for f in found:
             key = f.resolve()
             if key not in seen and f.name.lower() != "readme.md":

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
+from enum import Enum
 
 import numpy as np
 
-from .ranking import Filters, Hit
+from .errors import BadRequest, NotFound
+from .ranking import Hit
+from .request import Filters
 from .store import Index, StoredPassage
 
 FUZZY_CUTOFF = 70  # rapidfuzz WRatio (0-100); below this a title is not a match
 FUZZY_TIE = 3  # runner-up within this many points of the best: ambiguous
 
 
-class TopicNotFound(ValueError):
-    pass
+class TopicNotFound(NotFound):
+    """No reviewed paper matches the name given."""
 
 
-class AmbiguousTopic(ValueError):
+class AmbiguousTopic(BadRequest):
+    """Several reviewed papers match the name given; the caller must pick one."""
+
+
     def __init__(self, query: str, candidates: list[str]):
         self.candidates = candidates
         listed = "; ".join(candidates)
@@ -63,10 +68,17 @@ def match_topic(query: str, titles: list[str]) -> str:
     scored = process.extract(query, unique, scorer=fuzz.WRatio, processor=utils.default_process, limit=3)
     good = [(t, s) for t, s, _ in scored if s >= FUZZY_CUTOFF]
     if not good:
-        raise TopicNotFound(f"no reviewed paper matches {query!r}; `review-search list` shows the papers")
+        raise TopicNotFound(f"no reviewed paper matches {query!r}")
     if len(good) > 1 and good[0][1] - good[1][1] < FUZZY_TIE:
         raise AmbiguousTopic(query, [t for t, s in good if good[0][1] - s < FUZZY_TIE])
     return good[0][0]
+
+
+class RelatedGroup(str, Enum):
+    """What one related entry stands for."""
+
+    REVIEW = "review"
+    PAPER = "paper"
 
 
 @dataclass(frozen=True)
@@ -89,7 +101,7 @@ def related_reviews(
     index: Index,
     topic: str,
     k: int = 5,
-    group: Literal["review", "paper"] = "review",
+    group: RelatedGroup = RelatedGroup.REVIEW,
     filters: Filters = Filters(),
 ) -> tuple[str, list[Related]]:
     """The paper matched by `topic` and the k most similar other reviews (or papers), best first."""
@@ -119,7 +131,7 @@ def related_reviews(
     for score, ps in candidates:
         # Show the passage closest to the paper as the review's excerpt.
         best = max(ps, key=lambda p: float(vectors[p.row] @ paper))
-        if group == "paper":
+        if group == RelatedGroup.PAPER:
             pkey = (best.path, best.topic_no)
             if pkey in papers:
                 i = papers[pkey]

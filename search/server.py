@@ -31,27 +31,21 @@ import ipaddress
 import json
 import sys
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 from urllib.parse import parse_qsl, urlsplit
 
-from .embedding import Encoder, EncoderError
-from .ranking import Filters, Searcher
-from .store import CURRENT, StoreError, open_index
+from .embedding import Encoder
+from .errors import BadRequest, ReviewSearchError
+from .request import SearchRequest
+from .service import SearchService
 
 SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score")
-MAX_K = 1000  # the CLI's limit too
-T = TypeVar("T")
 
 
 class ServerError(Exception):
     """The server cannot start (the address is taken or cannot be resolved)."""
-
-
-class BadRequest(ValueError):
-    """A request the client must change; answered with 400 and the message."""
 
 
 def is_loopback(host: str) -> bool:
@@ -73,103 +67,8 @@ def _local_host_header(host: str) -> bool:
     return name is not None and is_loopback(name)
 
 
-def _read_pointer(index_dir: Path) -> str | None:
-    try:
-        return (index_dir / CURRENT).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-
-
-class SearchService:
-    """The loaded index and model; every use runs on its single worker thread (see module doc)."""
-
-    def __init__(self, index_dir: Path | str, encoder: Encoder | None = None):
-        self.index_dir = Path(index_dir)
-        self._given_encoder = encoder
-        self._searcher: Searcher | None = None
-        self._seen: str | None = None  # the CURRENT content last acted on
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-search-index")
-        self._closed = False
-        try:
-            self._run(self._current)
-        except BaseException:
-            self._worker.shutdown()
-            raise
-
-    def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return self._worker.submit(fn, *args).result()
-
-    def _current(self) -> Searcher:
-        pointer = _read_pointer(self.index_dir)
-        if self._searcher is not None and pointer in (None, self._seen):
-            return self._searcher
-        # Remember the pointer before trying it, so a generation that fails to open
-        # is tried once, not on every request.
-        self._seen = pointer
-        try:
-            searcher = self._open()
-        except (StoreError, EncoderError) as e:
-            if self._searcher is None:
-                raise
-            print(f"warning: keeping {self._searcher.index.folder.name}: {e}", file=sys.stderr)
-            return self._searcher
-        if self._searcher is not None:
-            self._searcher.index.close()
-        self._searcher = searcher
-        self._seen = searcher.index.folder.name
-        return searcher
-
-    def _open(self) -> Searcher:
-        index = open_index(self.index_dir)
-        try:
-            encoder = self._given_encoder
-            old = self._searcher
-            if encoder is None and old is not None and old.encoder.model_id == index.manifest.model_id:
-                encoder = old.encoder
-            searcher = Searcher(index, encoder)
-            # Load the model and BM25 now, so no request pays for them.
-            searcher.encoder
-            searcher.index.lexical
-        except BaseException:
-            index.close()
-            raise
-        return searcher
-
-    def _search(self, query: str, k: int, mode: str, group: str, filters: Filters, min_score: float | None) -> list[dict]:
-        hits = self._current().search(query, k=k, mode=mode, group=group, filters=filters, min_score=min_score)
-        return [h.as_dict() for h in hits]
-
-    def search(
-        self, query: str, k: int = 5, mode: str = "hybrid", group: str = "review",
-        filters: Filters = Filters(), min_score: float | None = None,
-    ) -> list[dict]:
-        """Hits for `query` as `query --json` objects, from the live generation of the index."""
-        return self._run(self._search, query, k, mode, group, filters, min_score)
-
-    def _health(self) -> dict:
-        index = self._current().index
-        return {"status": "ok", "passages": index.size, "model": index.manifest.model_id, "index": index.folder.name}
-
-    def health(self) -> dict:
-        """Status, passage count, model and generation folder of the live index."""
-        return self._run(self._health)
-
-    def _close(self) -> None:
-        if self._searcher is not None:
-            self._searcher.index.close()
-            self._searcher = None
-
-    def close(self) -> None:
-        """Close the index and stop the worker thread; safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
-        self._run(self._close)
-        self._worker.shutdown()
-
-
-def parse_search(query_string: str) -> dict:
-    """The keyword arguments of SearchService.search from a /search query string; raises BadRequest."""
+def parse_search(query_string: str) -> SearchRequest:
+    """The request of a /search query string; raises BadRequest."""
     try:
         pairs = parse_qsl(query_string, keep_blank_values=True, max_num_fields=len(SEARCH_PARAMS) * 2)
     except ValueError:
@@ -181,27 +80,10 @@ def parse_search(query_string: str) -> dict:
         if name in params:
             raise BadRequest(f"parameter {name!r} given more than once")
         params[name] = value
-    query = params.get("q", "")
-    if not query.strip():
-        raise BadRequest("the query is empty; give some words to search for with ?q=...")
-    try:
-        k = int(params.get("k", "5"))
-    except ValueError:
-        k = 0
-    if not 1 <= k <= MAX_K:
-        raise BadRequest(f"k takes a whole number from 1 to {MAX_K}, not {params['k']!r}")
-    try:
-        filters = Filters.parse(params.get("reviewer"), params.get("topic"), params.get("week"))
-    except ValueError:
-        raise BadRequest(f"week takes a week (3) or a range (3-5), not {params.get('week')!r}") from None
-    try:
-        min_score = float(params["min_score"]) if params.get("min_score", "").strip() else None
-    except ValueError:
-        raise BadRequest(f"min_score takes a number, not {params['min_score']!r}") from None
-    return {
-        "query": query, "k": k, "mode": params.get("mode", "hybrid"), "group": params.get("group", "review"),
-        "filters": filters, "min_score": min_score,
-    }
+    return SearchRequest.parse(
+        params.get("q"), params.get("k"), params.get("mode"), params.get("group"),
+        params.get("reviewer"), params.get("topic"), params.get("week"), params.get("min_score"),
+    )
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -220,8 +102,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         service = self.server.service
         routes: dict[str, Callable[[], Any]] = {
-            "/search": lambda: service.search(**parse_search(url.query)),
-            "/health": service.health,
+            "/search": lambda: [h.as_dict() for h in service.search(parse_search(url.query)).hits],
+            "/health": service.status,
         }
         route = routes.get(url.path)
         if route is None:
@@ -229,10 +111,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         try:
             status, payload = 200, route()
-        except ValueError as e:  # BadRequest, and the library's own checks (unknown mode or group)
-            status, payload = 400, {"error": str(e)}
-        except (StoreError, EncoderError) as e:
-            status, payload = 500, {"error": str(e)}
+        except ReviewSearchError as e:
+            status, payload = e.status, {"error": str(e)}
         except Exception:
             self.log_error("internal error on %s\n%s", self.path, traceback.format_exc())
             status, payload = 500, {"error": "internal error; the server log has the details"}

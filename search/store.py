@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from .errors import IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
 
 FORMAT_VERSION = 2
@@ -44,22 +45,6 @@ HNSW_FROM = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80  # 200 gained little recall for 2.5x the build time at 1M
 HNSW_EF_SEARCH = 256  # 128 fell to recall@10 0.94 at 1M
-
-
-class StoreError(Exception):
-    """The index cannot be used; the message says what to do."""
-
-
-class NoIndex(StoreError):
-    pass
-
-
-class IndexDamaged(StoreError):
-    pass
-
-
-class IndexBusy(StoreError):
-    pass
 
 
 @dataclass(frozen=True)
@@ -169,7 +154,7 @@ class Index:
             try:
                 self._lexical = LexicalIndex.load(self.folder / LEXICAL)
             except (OSError, ValueError) as e:
-                raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e}); {_rebuild_hint(self.folder.parent)}") from e
+                raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e})") from e
         return self._lexical
 
     @property
@@ -201,6 +186,25 @@ class Index:
             for week, file, topic_no, topic, presenter, reviewers, n in cur
         ]
 
+    def review_at(self, file: str, line: int) -> list[StoredPassage]:
+        """All passages of the review that covers `line` of `file` (a path as stored, or a file name), in order.
+
+        Empty when no indexed review covers that line.
+        """
+        cols = ", ".join(_COLUMNS)
+        hit = self._db.execute(
+            "SELECT path, topic_no, review_no FROM passages WHERE (path = ? OR file = ?) "
+            "AND line <= ? ORDER BY (path = ?) DESC, line DESC LIMIT 1",
+            (file, file, line, file),
+        ).fetchone()
+        if hit is None:
+            return []
+        rows = self._db.execute(
+            f"SELECT {cols} FROM passages WHERE path = ? AND topic_no = ? AND review_no = ? ORDER BY passage_no", hit
+        )
+        passages = [StoredPassage(*r) for r in rows]
+        return passages if passages and line <= passages[-1].end_line + 3 else []
+
     def rows_where(self, where: str, params: Sequence) -> np.ndarray:
         """Rows of the passages matching an SQL condition (see ranking.Filters.sql), ascending."""
         cur = self._db.execute(f"SELECT row FROM passages WHERE {where} ORDER BY row", params)
@@ -230,9 +234,11 @@ class Index:
     def close(self) -> None:
         self._db.close()
 
+    def __enter__(self) -> "Index":
+        return self
 
-def _rebuild_hint(index_dir: Path) -> str:
-    return f"rebuild with `review-search index --full --index {index_dir}`"
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def current_generation(index_dir: Path) -> Path | None:
@@ -243,11 +249,23 @@ def current_generation(index_dir: Path) -> Path | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        raise IndexDamaged(f"{pointer}: cannot read ({e.strerror}); {_rebuild_hint(index_dir)}") from e
+        raise IndexDamaged(f"{pointer}: cannot read ({e.strerror})") from e
     gen = index_dir / name
     if not name.startswith(_GEN_PREFIX) or "/" in name or not gen.is_dir():
-        raise IndexDamaged(f"{pointer} names a missing generation {name!r}; {_rebuild_hint(index_dir)}")
+        raise IndexDamaged(f"{pointer} names a missing generation {name!r}")
     return gen
+
+
+def live_generation(index_dir: Path | str) -> str | None:
+    """The name of the live generation, read leniently (None when there is none or it is unreadable).
+
+    A long-running reader compares it between requests to notice a rebuild.
+    """
+    try:
+        gen = current_generation(Path(index_dir))
+    except IndexUnavailable:
+        return None
+    return gen.name if gen else None
 
 
 def read_manifest(index_dir: Path) -> dict[str, Any]:
@@ -255,42 +273,41 @@ def read_manifest(index_dir: Path) -> dict[str, Any]:
     try:
         gen = current_generation(index_dir)
         return json.loads((gen / MANIFEST).read_text(encoding="utf-8")) if gen else {}
-    except (StoreError, OSError, ValueError):
+    except (IndexUnavailable, OSError, ValueError):
         return {}
 
 
 def open_index(index_dir: Path | str) -> Index:
-    """Load the live index from `index_dir`, or raise a StoreError that says how to fix it."""
+    """Load the live index from `index_dir`, or raise an IndexUnavailable error that says what is wrong."""
     index_dir = Path(index_dir)
     gen = current_generation(index_dir)
     if gen is None:
-        raise NoIndex(f"no index at {index_dir}; build one with `review-search index [PATH ...] --index {index_dir}`")
-    rebuild = _rebuild_hint(index_dir)
+        raise NoIndex(f"no index at {index_dir}")
     try:
         raw = json.loads((gen / MANIFEST).read_text(encoding="utf-8"))
         manifest = Manifest(**raw)
     except (OSError, ValueError, TypeError) as e:
-        raise IndexDamaged(f"{gen / MANIFEST} is damaged ({e}); {rebuild}") from e
+        raise IndexDamaged(f"{gen / MANIFEST} is damaged ({e})") from e
     if manifest.format != FORMAT_VERSION:
         raise IndexDamaged(
-            f"{index_dir} was built by index format {manifest.format}, this version reads {FORMAT_VERSION}; {rebuild}"
+            f"{index_dir} was built by index format {manifest.format}, this version reads {FORMAT_VERSION}"
         )
     import faiss
 
     try:
         vectors = faiss.read_index(str(gen / VECTORS))
     except Exception as e:  # faiss raises RuntimeError with a C++ trace for any bad file
-        raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated; {rebuild}") from e
+        raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated") from e
     try:
         db = sqlite3.connect(f"file:{gen / PASSAGES}?mode=ro", uri=True)
         # SQLite's lower() folds ASCII only; titles mix Korean, accents and full-width letters.
         db.create_function("contains_casefold", 2, lambda text, part: part.casefold() in (text or "").casefold(), deterministic=True)
         (count,) = db.execute("SELECT count(*) FROM passages").fetchone()
     except sqlite3.Error as e:
-        raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e}); {rebuild}") from e
+        raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e})") from e
     if count != vectors.ntotal or count != manifest.passages or vectors.d != manifest.dim:
         db.close()
-        raise IndexDamaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors); {rebuild}")
+        raise IndexDamaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors)")
     return Index(gen, manifest, vectors, db)
 
 

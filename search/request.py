@@ -1,0 +1,153 @@
+"""What a search asks for, validated once for every front end (CLI, HTTP API, MCP, page).
+
+Every front end hands the raw values it received (strings from a query string,
+typed values from typer or an MCP call) to `SearchRequest.parse`, which applies
+the one set of defaults and limits and raises `BadRequest` naming the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .errors import BadRequest
+
+MAX_K = 1000
+# Queries are cut here rather than refused: e5 reads at most 512 tokens, and a
+# Korean syllable is about one token, so nothing past this changes the result.
+MAX_QUERY_CHARS = 1000
+# Week numbers beyond this are not weeks; bounding them keeps SQLite integers safe.
+MAX_WEEK = 1_000_000
+
+
+class Mode(str, Enum):
+    """How passages are ranked."""
+
+    HYBRID = "hybrid"  # dense and BM25 rankings fused
+    DENSE = "dense"  # cosine similarity of one vector per passage
+    LEXICAL = "lexical"  # BM25 over Korean morphemes
+
+
+class Group(str, Enum):
+    """What one result stands for."""
+
+    REVIEW = "review"  # each review once, with its best passage
+    PASSAGE = "passage"  # raw passages
+
+
+DEFAULT_MODE = Mode.HYBRID
+DEFAULT_GROUP = Group.REVIEW
+DEFAULT_K = 5
+
+
+def parse_weeks(text: str) -> tuple[int, int]:
+    """`3` → (3, 3), `3-5` → (3, 5); raises BadRequest with a readable message otherwise."""
+    parts = [p.strip() for p in str(text).split("-")]
+    if 1 <= len(parts) <= 2 and all(p.isdigit() and len(p) <= 7 for p in parts):
+        lo, hi = int(parts[0]), int(parts[-1])
+        if lo <= hi <= MAX_WEEK:
+            return lo, hi
+    raise BadRequest(f"week takes a week (3) or a range (3-5) of numbers up to {MAX_WEEK}, not {text!r}")
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which passages a search may return; None means no restriction."""
+
+    reviewer: str | None = None
+    topic: str | None = None  # case-insensitive substring of the paper title
+    weeks: tuple[int, int] | None = None  # inclusive range
+
+    @classmethod
+    def parse(cls, reviewer: str | None = None, topic: str | None = None, week: Any = None) -> "Filters":
+        """Filters from user input, where blank means no restriction; a bad week raises BadRequest."""
+        reviewer, topic, week = ((str(v) if v is not None else "").strip() or None for v in (reviewer, topic, week))
+        return cls(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
+
+    def sql(self) -> tuple[str, list]:
+        """A WHERE clause over the passages table and its parameters (the index evaluates it)."""
+        clauses, params = [], []
+        if self.reviewer is not None:
+            clauses.append("reviewer = ?")
+            params.append(self.reviewer)
+        if self.topic is not None:
+            clauses.append("contains_casefold(topic, ?)")
+            params.append(self.topic)
+        if self.weeks is not None:
+            clauses.append("week BETWEEN ? AND ?")
+            params += list(self.weeks)
+        return " AND ".join(clauses) or "1", params
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.reviewer, self.topic, self.weeks))
+
+
+def _choice(enum: type[Enum], value: Any, name: str, default: Enum) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        return enum(value.value if isinstance(value, Enum) else str(value).strip().lower())
+    except ValueError:
+        choices = ", ".join(m.value for m in enum)
+        raise BadRequest(f"{name} takes one of {choices}, not {value!r}") from None
+
+
+def _number(value: Any, name: str, cast: type, default: Any) -> Any:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return default
+    try:
+        return cast(value)
+    except (TypeError, ValueError, OverflowError):
+        kind = "a whole number" if cast is int else "a number"
+        raise BadRequest(f"{name} takes {kind}, not {value!r}") from None
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """One search: the query, how many results, how to rank and group them, and what to filter."""
+
+    query: str
+    k: int = DEFAULT_K
+    mode: Mode = DEFAULT_MODE
+    group: Group = DEFAULT_GROUP
+    filters: Filters = field(default_factory=Filters)
+    min_score: float | None = None  # drop hits whose cosine similarity to the query is below this
+    truncated: bool = False  # the query was longer than MAX_QUERY_CHARS and was cut
+
+    @classmethod
+    def parse(
+        cls,
+        query: Any,
+        k: Any = None,
+        mode: Any = None,
+        group: Any = None,
+        reviewer: Any = None,
+        topic: Any = None,
+        week: Any = None,
+        min_score: Any = None,
+    ) -> "SearchRequest":
+        """A validated request from raw values (strings or typed); blank means the default.
+
+        Raises BadRequest naming the field when a value cannot be used.
+        """
+        text = "" if query is None else str(query).strip()
+        if not text:
+            raise BadRequest("the query is empty; give some words to search for")
+        truncated = len(text) > MAX_QUERY_CHARS
+        k = _number(k, "k", int, DEFAULT_K)
+        if not 1 <= k <= MAX_K:
+            raise BadRequest(f"k takes a whole number from 1 to {MAX_K}, not {k}")
+        floor = _number(min_score, "min_score", float, None)
+        if floor is not None and not -1.0 <= floor <= 1.0:
+            raise BadRequest(f"min_score is a cosine similarity from -1 to 1, not {floor}")
+        return cls(
+            query=text[:MAX_QUERY_CHARS],
+            k=k,
+            mode=_choice(Mode, mode, "mode", DEFAULT_MODE),
+            group=_choice(Group, group, "group", DEFAULT_GROUP),
+            filters=Filters.parse(reviewer, topic, week),
+            min_score=floor,
+            truncated=truncated,
+        )
