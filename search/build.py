@@ -3,16 +3,19 @@
 Builds are incremental. Each passage is keyed by a hash of the model and the
 text it embeds, so a re-run embeds only passages that are new or changed and
 reuses the stored vectors of the rest; passages of deleted files or removed
-reviews simply are not carried over. A file that was indexed before but can
-no longer be read (a bad save, a wrong encoding) keeps its old passages, so
-bad input never costs indexed data.
+reviews simply are not carried over. Bad input never costs indexed data: a
+file that was indexed before but can no longer be read (a bad save, a wrong
+encoding, a folder that cannot be listed) keeps its old passages, with
+`--full` too (their kept text is embedded again), and stored vectors that
+fail their checksum or norm are embedded again instead of being carried on.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
+import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,10 +24,10 @@ import numpy as np
 
 from .chunking import Passage, chunk_review
 from .embedding import Encoder, Progress
-from .errors import IndexUnavailable
+from .errors import BadRequest, IndexDamaged
 from .lexical import LexicalIndex, passage_terms
-from .reader import Problem, read_reviews
-from .store import CURRENT, FORMAT_VERSION, Index, Manifest, StoredPassage, Writer, open_index, read_manifest
+from .reader import Problem, ReadResult, read_reviews
+from .store import NORM_TOLERANCE, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
 
 DEFAULT_ROOTS = ["seeds"]
 
@@ -35,12 +38,14 @@ class BuildSummary:
 
     index: str
     model: str
+    roots: list[str]
     files: int
     reviews: int
     passages: int
     embedded: int
     reused: int
     removed: int
+    kept: int  # passages of files that could not be read this time, carried over
     seconds: float
     embed_seconds: float  # the part of `seconds` spent embedding
     problems: list[Problem] = field(default_factory=list)
@@ -56,116 +61,147 @@ def passage_key(model_id: str, embed_text: str) -> str:
     return hashlib.sha256(f"{model_id}\0{embed_text}".encode("utf-8")).hexdigest()
 
 
-def _stored(p: Passage, row: int, key: str, terms: str) -> StoredPassage:
-    r = p.review
-    return StoredPassage(
-        row=row, key=key, path=r.path, file=r.file, week=r.week, topic_no=r.topic_no, topic=r.topic,
-        presenter=r.presenter, review_no=r.review_no, reviewer=r.reviewer, line=p.line,
-        end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text, terms=terms,
-    )
+def build_roots(paths: Sequence[str | Path] | None, index_dir: Path | str) -> list[str]:
+    """The note paths a build covers: those given, else the ones the index was built from, else `seeds/`.
 
-
-def _previous(index_dir: Path, problems: list[Problem]) -> Index | None:
-    """The index being updated, or None when there is none or it cannot be read."""
-    try:
-        return open_index(index_dir)
-    except IndexUnavailable as e:
-        if (index_dir / CURRENT).exists():
-            problems.append(Problem(str(index_dir), None, f"previous index unusable, building from scratch ({e})"))
-        return None
-
-
-def previous_settings(index_dir: Path | str) -> tuple[list[str] | None, str | None]:
-    """The paths and model the existing index was built with, read leniently.
-
-    Only the manifest is read, and an index of an older format still counts:
-    a rebuild after an upgrade should cover the same notes with the same model.
+    An index folder that exists but no longer says what it was built from is
+    never rebuilt from `seeds/` by default: that would shrink it to one week.
     """
-    manifest = read_manifest(Path(index_dir))
-    return manifest.get("roots"), manifest.get("model_id")
+    if paths:
+        return [str(p) for p in paths]
+    remembered = read_settings(index_dir).roots
+    if remembered:
+        return remembered
+    if holds_an_index(index_dir):
+        raise BadRequest(f"the index at {index_dir} does not record which notes it was built from; name them")
+    return list(DEFAULT_ROOTS)
 
 
 def build_index(
-    paths: Sequence[str | Path],
+    paths: Sequence[str | Path] | None,
     index_dir: Path | str,
     encoder: Encoder,
     full: bool = False,
     on_start: Callable[[int], None] | None = None,
     progress: Progress | None = None,
 ) -> BuildSummary:
-    """Index the review files under `paths` into `index_dir`, reusing vectors unless `full`.
+    """Index the review files under `paths` (see `build_roots`) into `index_dir`, reusing vectors unless `full`.
 
     `on_start(n)` is called with the number of passages to embed, `progress(k)`
-    as each batch is done. Raises IndexBusy if another build holds the index.
+    as each batch is done. Raises IndexBusy if another build holds the index,
+    DiskError if the disk refuses the new generation (the old one stays live).
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
+    roots = build_roots(paths, index_dir)
     with Writer(index_dir) as writer:
-        result = read_reviews(paths)
+        result = read_reviews(roots)
         problems = list(result.problems)
+        if writer.previous_problem:
+            problems.append(Problem(str(index_dir), None, writer.previous_problem))
+        old = _old_passages(writer.previous, problems)
         passages = [p for review in result.reviews for p in chunk_review(review, encoder.count_tokens)]
-        old = _previous(index_dir, problems)
-        old_passages = old.passages() if old is not None else []
-        # Terms depend on the text alone, so any earlier passage with the same text has them.
-        known_terms = {p.embed_text: p.terms for p in old_passages}
-        new_texts = sorted({p.embed_text for p in passages} - known_terms.keys())
-        known_terms.update(zip(new_texts, (" ".join(t) for t in passage_terms(new_texts))))
-        records = [
-            _stored(p, row, passage_key(encoder.model_id, p.embed_text), known_terms[p.embed_text])
-            for row, p in enumerate(passages)
-        ]
+        records = _records(passages, encoder.model_id, old)
+        kept = _kept(old, result, encoder.model_id, problems)
+        records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
 
-        reusable = not full and old is not None and old.manifest.model_id == encoder.model_id
-        old_by_key = {p.key: p.row for p in old_passages} if reusable else {}
-        if reusable:
-            # Files that exist but could not be read this time keep their last good passages.
-            unreadable = set(result.skipped)
-            kept = [p for p in old_passages if p.path in unreadable]
-            for path, n in Counter(p.path for p in kept).items():
-                problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
-            records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
-
-        vectors = np.zeros((len(records), encoder.dim), dtype=np.float32)
-        reuse = [(i, old_by_key[r.key]) for i, r in enumerate(records) if r.key in old_by_key]
-        if reuse:
-            vectors[[i for i, _ in reuse]] = old.vectors([j for _, j in reuse])
-        todo = [i for i, r in enumerate(records) if r.key not in old_by_key]
+        reusable = _reusable_vectors(writer, encoder, full, problems)
+        vectors, todo = _vectors(records, reusable, encoder.dim)
         if on_start:
             on_start(len(todo))
         embed_start = time.perf_counter()
         if todo:
             vectors[todo] = encoder.embed_passages([records[i].embed_text for i in todo], progress)
         embed_seconds = time.perf_counter() - embed_start
-        # A passage is gone when its file no longer has that text (copies elsewhere don't count).
-        kept_texts = {(r.path, r.key) for r in records}
-        removed = sum(1 for p in old_passages if (p.path, p.key) not in kept_texts)
-        if old is not None:
-            old.close()
 
         lexical = LexicalIndex.build([r.terms.split() for r in records])
-        per_file = Counter(r.path for r in records)
-        manifest = Manifest(
-            format=FORMAT_VERSION,
-            model_id=encoder.model_id,
-            dim=encoder.dim,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            files=[{"path": f, "passages": n} for f, n in sorted(per_file.items())],
-            passages=len(records),
-            reviews=len({r.review_key for r in records}),
-            roots=[str(Path(p).resolve()) for p in paths],
-        )
-        writer.write(manifest, records, vectors, lexical)
+        manifest = writer.write(encoder.model_id, encoder.dim, [str(Path(r).resolve()) for r in roots], records, vectors, lexical)
         writer.commit()
+    # A passage is gone when its file no longer has that text (copies elsewhere don't count).
+    now = {(r.path, r.embed_text) for r in records}
     return BuildSummary(
         index=str(index_dir),
         model=encoder.model_id,
+        roots=manifest.roots,
         files=len(result.files),
         reviews=manifest.reviews,
         passages=len(records),
         embedded=len(todo),
-        reused=len(reuse),
-        removed=removed,
+        reused=len(records) - len(todo),
+        removed=sum(1 for p in old if (p.path, p.embed_text) not in now),
+        kept=len(kept),
         seconds=round(time.perf_counter() - started, 2),
         embed_seconds=round(embed_seconds, 2),
         problems=problems,
     )
+
+
+def _old_passages(previous: Index | None, problems: list[Problem]) -> list[StoredPassage]:
+    """The previous generation's passages, or none when they cannot be read."""
+    if previous is None:
+        return []
+    try:
+        return previous.passages()
+    except IndexDamaged as e:
+        problems.append(Problem(str(previous.folder), None, f"previous passages unreadable ({e}); building from the notes alone"))
+        return []
+
+
+def _records(passages: list[Passage], model_id: str, old: list[StoredPassage]) -> list[StoredPassage]:
+    """Passages as stored rows, with BM25 terms reused from the previous build where the text is unchanged."""
+    # Terms depend on the text alone, so any earlier passage with the same text has them.
+    known = {p.embed_text: p.terms for p in old}
+    new_texts = sorted({p.embed_text for p in passages} - known.keys())
+    known.update(zip(new_texts, (" ".join(t) for t in passage_terms(new_texts))))
+    fields_of_review = ("path", "file", "week", "topic_no", "topic", "presenter", "review_no", "reviewer")
+    return [
+        StoredPassage(
+            row=row, key=passage_key(model_id, p.embed_text), **{f: getattr(p.review, f) for f in fields_of_review},
+            line=p.line, end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text,
+            terms=known[p.embed_text],
+        )
+        for row, p in enumerate(passages)
+    ]
+
+
+def _kept(old: list[StoredPassage], result: ReadResult, model_id: str, problems: list[Problem]) -> list[StoredPassage]:
+    """Previous passages of files that exist but could not be read this time (or sit in unlistable folders)."""
+    unreadable = set(result.skipped)
+    folders = tuple(d.rstrip(os.sep) + os.sep for d in result.unreadable_dirs)
+    kept = [
+        replace(p, key=passage_key(model_id, p.embed_text))
+        for p in old
+        if p.path in unreadable or (folders and p.path.startswith(folders))
+    ]
+    for path, n in Counter(p.path for p in kept).items():
+        problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
+    return kept
+
+
+def _reusable_vectors(writer: Writer, encoder: Encoder, full: bool, problems: list[Problem]) -> dict[str, np.ndarray]:
+    """Stored vectors that may be reused, by passage key: none with `full`, another model, or a damaged vector file."""
+    old = writer.previous
+    if full or old is None or old.manifest.model_id != encoder.model_id or old.manifest.dim != encoder.dim:
+        return {}
+    if VECTORS in writer.previous_damaged:
+        problems.append(Problem(str(old.folder / VECTORS), None, "checksum mismatch; every passage is embedded again"))
+        return {}
+    passages = old.passages()
+    vectors = old.vectors([p.row for p in passages])
+    with np.errstate(over="ignore", invalid="ignore"):  # damaged floats may overflow
+        sound = np.abs(np.linalg.norm(vectors, axis=1) - 1) <= NORM_TOLERANCE
+    if not sound.all():
+        problems.append(Problem(str(old.folder / VECTORS), None, f"{int((~sound).sum())} damaged vectors embedded again"))
+    return {p.key: v for p, v, ok in zip(passages, vectors, sound) if ok}
+
+
+def _vectors(records: list[StoredPassage], reusable: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, list[int]]:
+    """The vector matrix with reused rows filled in, and the rows still to embed."""
+    vectors = np.zeros((len(records), dim), dtype=np.float32)
+    todo = []
+    for i, r in enumerate(records):
+        if r.key in reusable:
+            vectors[i] = reusable[r.key]
+        else:
+            todo.append(i)
+    return vectors, todo

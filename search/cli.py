@@ -45,6 +45,8 @@ def _advice(e: ReviewSearchError, index_dir: Path | None) -> str:
         return f"; rebuild with `review-search index {paths} --full{where}`"
     if e.hint == "wait":
         return "; wait for it to finish and try again"
+    if e.hint == "list":
+        return f"; `review-search list{where}` shows the papers"
     return ""
 
 
@@ -83,13 +85,12 @@ def index(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build or update the index from review files."""
-    from .build import DEFAULT_ROOTS, build_index, previous_settings
+    from .build import build_index
     from .embedding import load_encoder
+    from .store import read_settings
 
     with clean_errors(index_dir):
-        previous_roots, previous_model = previous_settings(index_dir)
-        roots = [str(p) for p in paths] if paths else (previous_roots or DEFAULT_ROOTS)
-        encoder = load_encoder(model or previous_model)
+        encoder = load_encoder(model or read_settings(index_dir).model_id)
         err = _console(stderr=True)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -99,7 +100,7 @@ def index(
         ) as bar:
             task = bar.add_task("embed", total=0)
             summary = build_index(
-                roots, index_dir, encoder, full=full,
+                paths, index_dir, encoder, full=full,
                 on_start=lambda n: bar.update(task, total=n),
                 progress=lambda k: bar.advance(task, k),
             )
@@ -112,7 +113,8 @@ def index(
     else:
         typer.echo(
             f"indexed {summary.files} files, {summary.reviews} reviews, {summary.passages} passages "
-            f"({summary.embedded} embedded, {summary.reused} reused, {summary.removed} removed) "
+            f"({summary.embedded} embedded, {summary.reused} reused, {summary.removed} removed"
+            + (f", {summary.kept} kept from unreadable files" if summary.kept else "") + ") "
             f"in {summary.seconds:.1f}s → {index_dir}"
         )
 

@@ -129,8 +129,23 @@ class DefaultE5Encoder:
         return np.asarray(self._engine.query(text), dtype=np.float32)
 
 
+# Encoders by model id, consulted before sentence-transformers: the seam for
+# encoders that are not sentence-transformers models (tests register a fake one).
+_REGISTERED: dict[str, Callable[[], Encoder]] = {}
+
+
+def register_encoder(model_id: str, factory: Callable[[], Encoder] | None) -> None:
+    """Make `load_encoder(model_id)` return `factory()`; None removes the registration."""
+    if factory is None:
+        _REGISTERED.pop(model_id, None)
+    else:
+        _REGISTERED[model_id] = factory
+
+
 def load_encoder(model: str | None = None) -> Encoder:
-    """The encoder for `model` (a local folder or Hub id); None means the offline default."""
+    """The encoder for `model` (a registered id, a local folder or a Hub id); None means the offline default."""
+    if model in _REGISTERED:
+        return _REGISTERED[model]()
     if model in (None, DEFAULT_MODEL):
         try:
             return DefaultE5Encoder()

@@ -36,19 +36,8 @@ class Hit:
 
     def as_dict(self) -> dict:
         """The JSON shape of `query --json` and the HTTP API."""
-        p = self.passage
         return {
-            "file": p.file,
-            "path": p.path,
-            "line": p.line,
-            "end_line": p.end_line,
-            "week": p.week,
-            "topic_no": p.topic_no,
-            "topic": p.topic,
-            "presenter": p.presenter,
-            "review_no": p.review_no,
-            "reviewer": p.reviewer,
-            "text": p.text,
+            **self.passage.public(),
             "score": round(float(self.score), 6),
             "dense": None if self.dense is None else round(float(self.dense), 6),
             "lexical": None if self.lexical is None else round(float(self.lexical), 6),

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -83,6 +83,7 @@ class ReadResult:
     files: list[str]  # files that were parsed
     skipped: list[str]  # files that exist but could not be read as text
     problems: list[Problem]
+    unreadable_dirs: list[str] = field(default_factory=list)  # folders that could not be listed (resolved paths)
 
 
 def week_from_name(name: str) -> int | None:

@@ -27,6 +27,8 @@ FUZZY_TIE = 3  # runner-up within this many points of the best: ambiguous
 class TopicNotFound(NotFound):
     """No reviewed paper matches the name given."""
 
+    hint = "list"
+
 
 class AmbiguousTopic(BadRequest):
     """Several reviewed papers match the name given; the caller must pick one."""

@@ -1,55 +1,72 @@
 """The index store: FAISS vectors, passage metadata in SQLite, and a JSON manifest.
 
-On disk an index folder holds generations; `CURRENT` names the live one:
+This module alone knows the layout of an index folder:
 
     index/
       CURRENT                 name of the live generation
       gen-<time>-<rand>/      manifest.json, dense.faiss, passages.sqlite, lexical/
+      settings.json           the note folders and model of the last build
       .lock                   held by a build while it runs
 
 A build writes a complete new generation under a temporary name, renames it,
 then replaces `CURRENT` with `os.replace`, which is atomic. A reader therefore
 sees the old index or the new one, never a mix, and a build killed at any
-moment leaves the previous generation live. Nothing is pickled.
+moment leaves the previous generation live. The manifest records a checksum of
+every file of its generation, so damage is found rather than searched.
+`settings.json` lives outside the generations so that a damaged generation
+never loses what the index was built from. Nothing is pickled.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import secrets
 import shutil
 import sqlite3
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
+from .errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
+SETTINGS = "settings.json"
 VECTORS = "dense.faiss"
 PASSAGES = "passages.sqlite"
 LEXICAL = "lexical"
 LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
 _GEN_PREFIX = "gen-"
+# Generations up to this size are checksummed on every open (about 30 ms at the
+# limit); larger ones are verified by builds, and queries check hit vectors.
+VERIFY_ON_OPEN_BYTES = 32 * 2**20
 # Exact search costs ~4 ms a query at 50k vectors and grows linearly (59 ms at 1M);
 # HNSW stays under ~1 ms with recall@10 >= 0.97 up to 1M (README, "Scale").
 HNSW_FROM = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80  # 200 gained little recall for 2.5x the build time at 1M
 HNSW_EF_SEARCH = 256  # 128 fell to recall@10 0.94 at 1M
+# Stored vectors are unit length; anything else was damaged on disk.
+NORM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
 class StoredPassage:
-    """A passage as kept in the index: where it is from and what it says."""
+    """A passage as kept in the index: where it is from and what it says.
+
+    The one declaration of passage metadata: its fields are the SQLite columns,
+    and `PUBLIC` names the ones every front end shows.
+    """
 
     row: int  # position of its vector in the FAISS index
     key: str  # content hash of (model, embedded text); how vectors are reused across builds
@@ -68,13 +85,23 @@ class StoredPassage:
     embed_text: str
     terms: str  # its BM25 terms, space-separated: kept so unchanged passages skip Kiwi next build
 
+    PUBLIC = ("file", "path", "line", "end_line", "week", "topic_no", "topic", "presenter", "review_no", "reviewer", "text")
+
     @property
     def review_key(self) -> tuple[str, int, int]:
         """Identity of the review the passage belongs to."""
         return (self.path, self.topic_no, self.review_no)
 
+    def public(self) -> dict[str, Any]:
+        """The fields front ends show, as a JSON-ready dict."""
+        return {name: getattr(self, name) for name in self.PUBLIC}
+
 
 _COLUMNS = [f.name for f in fields(StoredPassage)]
+_SQL_TYPES = {"int": "INTEGER NOT NULL", "str": "TEXT NOT NULL", "int | None": "INTEGER"}
+_SCHEMA = "CREATE TABLE passages (" + ", ".join(
+    f"{f.name} {_SQL_TYPES[f.type]}" + (" PRIMARY KEY" if f.name == "row" else "") for f in fields(StoredPassage)
+) + ")"
 
 
 @dataclass(frozen=True)
@@ -102,6 +129,14 @@ class Manifest:
     passages: int
     reviews: int
     roots: list[str]  # the paths given to the build; a later `index` with no paths reuses them
+    checksums: dict[str, str]  # blake2b of every file of the generation, by relative path
+
+
+class Settings(NamedTuple):
+    """What the last build of an index folder was given: kept outside the generations."""
+
+    roots: list[str] | None
+    model_id: str | None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -121,6 +156,28 @@ def _fsync_tree(path: Path) -> None:
         _fsync_dir(d)
 
 
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{_TMP_PREFIX}{path.name}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _checksums(folder: Path) -> dict[str, str]:
+    """blake2b of every file under `folder` but the manifest, by path relative to it."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            h = hashlib.blake2b(digest_size=16)
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            out[p.relative_to(folder).as_posix()] = h.hexdigest()
+    return out
+
+
 def faiss_index_for(vectors: np.ndarray):
     """A FAISS inner-product index over normalised vectors: exact when small, HNSW when large."""
     import faiss
@@ -138,7 +195,7 @@ def faiss_index_for(vectors: np.ndarray):
 
 
 class Index:
-    """One loaded generation of the index: manifest, vectors and passage metadata."""
+    """One loaded generation of the index: manifest, vectors and passage metadata. Usable with `with`."""
 
     def __init__(self, folder: Path, manifest: Manifest, faiss_index, db: sqlite3.Connection):
         self.folder = folder
@@ -147,14 +204,27 @@ class Index:
         self._db = db
         self._lexical: LexicalIndex | None = None
 
+    def damaged(self, what: str) -> IndexDamaged:
+        """The error for damage found in this generation, carrying the roots to rebuild from."""
+        return IndexDamaged(f"{what}; the index needs a rebuild", roots=self.manifest.roots)
+
+    def _query(self, sql: str, params: Sequence = ()) -> list[tuple]:
+        # Damage inside SQLite pages shows only when a query touches them.
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.DatabaseError as e:
+            raise self.damaged(f"{self.folder / PASSAGES} is damaged ({e})") from e
+
     @property
     def lexical(self) -> LexicalIndex:
         """The BM25 index, loaded on first use (dense-only queries never pay for it)."""
         if self._lexical is None:
             try:
                 self._lexical = LexicalIndex.load(self.folder / LEXICAL)
-            except (OSError, ValueError) as e:
-                raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e})") from e
+            except Exception as e:  # numpy and json raise many types for a bad file
+                raise self.damaged(f"{self.folder / LEXICAL} is damaged ({type(e).__name__})") from e
+            if self._lexical.size != self.size:
+                raise self.damaged(f"{self.folder / LEXICAL} does not match the passages")
         return self._lexical
 
     @property
@@ -165,25 +235,24 @@ class Index:
         """Passages by FAISS row (in the order given), or all of them in row order."""
         cols = ", ".join(_COLUMNS)
         if rows is None:
-            cur = self._db.execute(f"SELECT {cols} FROM passages ORDER BY row")
-            return [StoredPassage(*r) for r in cur]
+            return [StoredPassage(*r) for r in self._query(f"SELECT {cols} FROM passages ORDER BY row")]
         rows = [int(r) for r in rows]
         found = {}
         for i in range(0, len(rows), 900):  # SQLite's bound-parameter limit
             part = rows[i : i + 900]
             q = f"SELECT {cols} FROM passages WHERE row IN ({','.join('?' * len(part))})"
-            found.update({r[0]: StoredPassage(*r) for r in self._db.execute(q, part)})
+            found.update({r[0]: StoredPassage(*r) for r in self._query(q, part)})
         return [found[r] for r in rows if r in found]
 
     def papers(self) -> list[Paper]:
         """Every reviewed paper, in week, file and topic order."""
-        cur = self._db.execute(
+        rows = self._query(
             "SELECT week, file, topic_no, topic, presenter, json_group_array(DISTINCT reviewer), count(*) "
             "FROM passages GROUP BY path, topic_no ORDER BY week IS NULL, week, file, topic_no"
         )
         return [
             Paper(week, file, topic_no, topic, presenter, sorted(json.loads(reviewers)), n)
-            for week, file, topic_no, topic, presenter, reviewers, n in cur
+            for week, file, topic_no, topic, presenter, reviewers, n in rows
         ]
 
     def review_at(self, file: str, line: int) -> list[StoredPassage]:
@@ -191,37 +260,49 @@ class Index:
 
         Empty when no indexed review covers that line.
         """
-        cols = ", ".join(_COLUMNS)
-        hit = self._db.execute(
+        hit = self._query(
             "SELECT path, topic_no, review_no FROM passages WHERE (path = ? OR file = ?) "
             "AND line <= ? ORDER BY (path = ?) DESC, line DESC LIMIT 1",
             (file, file, line, file),
-        ).fetchone()
-        if hit is None:
-            return []
-        rows = self._db.execute(
-            f"SELECT {cols} FROM passages WHERE path = ? AND topic_no = ? AND review_no = ? ORDER BY passage_no", hit
         )
-        passages = [StoredPassage(*r) for r in rows]
+        if not hit:
+            return []
+        cols = ", ".join(_COLUMNS)
+        passages = [
+            StoredPassage(*r)
+            for r in self._query(
+                f"SELECT {cols} FROM passages WHERE path = ? AND topic_no = ? AND review_no = ? ORDER BY passage_no", hit[0]
+            )
+        ]
         return passages if passages and line <= passages[-1].end_line + 3 else []
 
     def rows_where(self, where: str, params: Sequence) -> np.ndarray:
-        """Rows of the passages matching an SQL condition (see ranking.Filters.sql), ascending."""
-        cur = self._db.execute(f"SELECT row FROM passages WHERE {where} ORDER BY row", params)
-        return np.fromiter((r for (r,) in cur), dtype=np.int64)
+        """Rows of the passages matching an SQL condition (see request.Filters.sql), ascending."""
+        rows = self._query(f"SELECT row FROM passages WHERE {where} ORDER BY row", params)
+        return np.fromiter((r for (r,) in rows), dtype=np.int64, count=len(rows))
 
     def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """The k rows most similar to `vector` (inner product), limited to `allowed` rows when given.
 
         With `passages`, `rows_where` and `lexical`, this is all ranking needs from
         storage: the seam where a remote search engine would plug in (README,
-        "Beyond one machine").
+        "Beyond one machine"). Raises IndexDamaged when a hit's stored vector is
+        not unit length, which only damage on disk can cause.
         """
         import faiss
 
         params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         scores, rows = self.faiss.search(vector.reshape(1, -1).astype(np.float32), k, params=params)
-        return {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
+        hits = {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
+        self._check_norms(list(hits)[:50])  # the ones that can reach a result
+        return hits
+
+    def _check_norms(self, rows: list[int]) -> None:
+        if rows:
+            with np.errstate(over="ignore", invalid="ignore"):  # damaged floats may overflow
+                norms = np.linalg.norm(self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64)), axis=1)
+            if not np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
+                raise self.damaged(f"{self.folder / VECTORS} holds damaged vectors")
 
     def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
         """Stored vectors by row (all when rows is None)."""
@@ -230,6 +311,11 @@ class Index:
         if not len(rows):
             return np.zeros((0, self.manifest.dim), np.float32)
         return self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+
+    def damaged_files(self) -> set[str]:
+        """Files of this generation (relative names) whose checksum no longer matches the manifest."""
+        digests = _checksums(self.folder)
+        return {n for n in set(digests) | set(self.manifest.checksums) if digests.get(n) != self.manifest.checksums.get(n)}
 
     def close(self) -> None:
         self._db.close()
@@ -241,18 +327,26 @@ class Index:
         self.close()
 
 
+def _check_folder(index_dir: Path) -> None:
+    if index_dir.exists() and not index_dir.is_dir():
+        raise BadRequest(f"{index_dir} is a file, not an index folder; choose another --index")
+
+
 def current_generation(index_dir: Path) -> Path | None:
     """The live generation folder, or None when the folder holds no index."""
+    _check_folder(index_dir)
     pointer = index_dir / CURRENT
+    settings = read_settings(index_dir)
     try:
-        name = pointer.read_text(encoding="utf-8").strip()
+        name = pointer.read_bytes().decode("utf-8").strip()
     except FileNotFoundError:
         return None
-    except OSError as e:
-        raise IndexDamaged(f"{pointer}: cannot read ({e.strerror})") from e
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else "not text"
+        raise IndexDamaged(f"{pointer}: cannot read ({reason})", roots=settings.roots) from e
     gen = index_dir / name
     if not name.startswith(_GEN_PREFIX) or "/" in name or not gen.is_dir():
-        raise IndexDamaged(f"{pointer} names a missing generation {name!r}")
+        raise IndexDamaged(f"{pointer} names a missing generation {name[:80]!r}", roots=settings.roots)
     return gen
 
 
@@ -263,103 +357,217 @@ def live_generation(index_dir: Path | str) -> str | None:
     """
     try:
         gen = current_generation(Path(index_dir))
-    except IndexUnavailable:
+    except (IndexUnavailable, BadRequest):
         return None
     return gen.name if gen else None
 
 
-def read_manifest(index_dir: Path) -> dict[str, Any]:
-    """The live generation's manifest as plain JSON, or {} when there is none or it is unreadable."""
-    try:
-        gen = current_generation(index_dir)
-        return json.loads((gen / MANIFEST).read_text(encoding="utf-8")) if gen else {}
-    except (IndexUnavailable, OSError, ValueError):
-        return {}
+def read_settings(index_dir: Path | str) -> Settings:
+    """The note folders and model the index folder was last built with, or Nones when unknown.
+
+    Read from `settings.json`, which survives a damaged generation; an index
+    written before that file existed still has them in its manifest.
+    """
+    index_dir = Path(index_dir)
+    for source in (index_dir / SETTINGS, None):
+        try:
+            if source is None:
+                name = (index_dir / CURRENT).read_bytes().decode("utf-8").strip()
+                source = index_dir / name / MANIFEST
+            raw = json.loads(source.read_text(encoding="utf-8"))
+            roots, model = raw.get("roots"), raw.get("model_id")
+            if (roots is None or (isinstance(roots, list) and all(isinstance(r, str) for r in roots))) and (
+                model is None or isinstance(model, str)
+            ):
+                return Settings(roots, model)
+        except (OSError, ValueError, AttributeError):
+            continue
+    return Settings(None, None)
 
 
-def open_index(index_dir: Path | str) -> Index:
-    """Load the live index from `index_dir`, or raise an IndexUnavailable error that says what is wrong."""
+def holds_an_index(index_dir: Path | str) -> bool:
+    """Whether the folder holds (or held) an index, even a damaged one: a rebuild must not guess its notes."""
+    index_dir = Path(index_dir)
+    return index_dir.is_dir() and any(
+        p.name in (CURRENT, SETTINGS) or p.name.startswith(_GEN_PREFIX) for p in index_dir.iterdir()
+    )
+
+
+def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
+    """Load the live index from `index_dir`, or raise an IndexUnavailable error that says what is wrong.
+
+    `verify` checks every file against the manifest's checksums; by default only
+    generations small enough to hash in milliseconds are checked.
+    """
     index_dir = Path(index_dir)
     gen = current_generation(index_dir)
     if gen is None:
         raise NoIndex(f"no index at {index_dir}")
+    roots = read_settings(index_dir).roots
     try:
         raw = json.loads((gen / MANIFEST).read_text(encoding="utf-8"))
         manifest = Manifest(**raw)
     except (OSError, ValueError, TypeError) as e:
-        raise IndexDamaged(f"{gen / MANIFEST} is damaged ({e})") from e
+        raise IndexDamaged(f"{gen / MANIFEST} is damaged ({type(e).__name__})", roots=roots) from e
     if manifest.format != FORMAT_VERSION:
         raise IndexDamaged(
-            f"{index_dir} was built by index format {manifest.format}, this version reads {FORMAT_VERSION}"
+            f"{index_dir} was built by index format {manifest.format}, this version reads {FORMAT_VERSION}",
+            roots=roots or manifest.roots,
         )
+    roots = roots or manifest.roots
     import faiss
 
     try:
         vectors = faiss.read_index(str(gen / VECTORS))
     except Exception as e:  # faiss raises RuntimeError with a C++ trace for any bad file
-        raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated") from e
+        raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated", roots=roots) from e
     try:
         db = sqlite3.connect(f"file:{gen / PASSAGES}?mode=ro", uri=True)
         # SQLite's lower() folds ASCII only; titles mix Korean, accents and full-width letters.
         db.create_function("contains_casefold", 2, lambda text, part: part.casefold() in (text or "").casefold(), deterministic=True)
         (count,) = db.execute("SELECT count(*) FROM passages").fetchone()
     except sqlite3.Error as e:
-        raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e})") from e
+        raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e})", roots=roots) from e
+    index = Index(gen, manifest, vectors, db)
     if count != vectors.ntotal or count != manifest.passages or vectors.d != manifest.dim:
-        db.close()
-        raise IndexDamaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors)")
-    return Index(gen, manifest, vectors, db)
+        index.close()
+        raise IndexDamaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors)", roots=roots)
+    if verify is None:
+        verify = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file()) <= VERIFY_ON_OPEN_BYTES
+    if verify and (bad := sorted(index.damaged_files())):
+        index.close()
+        raise IndexDamaged(f"{gen / bad[0]} is damaged (its checksum does not match)", roots=roots)
+    return index
+
+
+def _disk_error(e: OSError, index_dir: Path) -> DiskError | None:
+    """The one-line error for a write the disk refused, or None when `e` is something else."""
+    reasons = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+               errno.EFBIG: "file size limit exceeded", errno.EROFS: "read-only file system",
+               errno.EACCES: "permission denied", errno.EPERM: "permission denied"}
+    if e.errno in reasons:
+        return DiskError(f"cannot write the index at {index_dir}: {reasons[e.errno]}; the previous index is unchanged")
+    return None
+
+
+def _why_write_failed(index_dir: Path, e: Exception) -> str:
+    """A readable reason for a write that faiss or SQLite reported without an errno."""
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if soft != resource.RLIM_INFINITY:
+            return "file size limit exceeded"
+    except ImportError:  # not on Windows
+        pass
+    if "full" in str(e).lower() or shutil.disk_usage(index_dir).free < 2**20:
+        return "no space left on device"
+    return str(e).splitlines()[0][:160]
 
 
 class Writer:
-    """Writes a new generation and makes it live atomically; holds the build lock while open.
+    """Writes a new generation and makes it live atomically; holds the build lock inside `with`.
 
-    Use as a context manager: leaving the block without `commit()` (an error,
-    Ctrl-C) removes the half-written generation and leaves the live one alone.
+    Inside the block, `previous` is the live index (None when there is none or
+    its passages are unreadable; `previous_problem` then says why) and
+    `previous_damaged` the files of it that fail their checksum. Leaving the block
+    without `commit()` (an error, Ctrl-C) removes the half-written generation
+    and leaves the live one alone.
     """
 
     def __init__(self, index_dir: Path | str):
+        self.index_dir = Path(index_dir)
+        self.previous: Index | None = None
+        self.previous_problem: str | None = None
+        self.previous_damaged: set[str] = set()
+        self.tmp: Path | None = None
+        self._lock = None
+
+    def __enter__(self) -> "Writer":
         from filelock import FileLock, Timeout
 
-        self.index_dir = Path(index_dir)
-        self.index_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(str(self.index_dir / LOCK))
+        _check_folder(self.index_dir)
         try:
+            self.index_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = FileLock(str(self.index_dir / LOCK))
             self._lock.acquire(timeout=0)
         except Timeout:
-            raise IndexBusy(f"another build is running on {self.index_dir}; wait for it to finish and try again") from None
-        self._clean_leftovers()
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        self.name = f"{_GEN_PREFIX}{stamp}-{secrets.token_hex(4)}"
-        self.tmp = self.index_dir / f"{_TMP_PREFIX}{self.name}"
-        self.tmp.mkdir()
+            raise IndexBusy(f"another build is running on {self.index_dir}") from None
+        except OSError as e:
+            raise _disk_error(e, self.index_dir) or e
+        try:
+            self._clean_leftovers()
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+            self.name = f"{_GEN_PREFIX}{stamp}-{secrets.token_hex(4)}"
+            self.tmp = self.index_dir / f"{_TMP_PREFIX}{self.name}"
+            self.tmp.mkdir()
+            self._open_previous()
+        except BaseException as e:
+            self.__exit__(None, None, None)
+            if isinstance(e, OSError) and (disk := _disk_error(e, self.index_dir)):
+                raise disk from e
+            raise
+        return self
+
+    def _open_previous(self) -> None:
+        try:
+            previous = open_index(self.index_dir, verify=False)
+        except IndexDamaged as e:
+            self.previous_problem = f"the previous index is unusable ({e}); building from the notes alone"
+            return
+        except NoIndex:
+            return
+        damaged = previous.damaged_files()
+        if PASSAGES in damaged:
+            previous.close()
+            self.previous_problem = f"{previous.folder / PASSAGES} is damaged; building from the notes alone"
+            return
+        self.previous, self.previous_damaged = previous, damaged
 
     def _clean_leftovers(self) -> None:
         """Remove what killed builds left behind; safe because we hold the lock."""
         for p in self.index_dir.glob(f"{_TMP_PREFIX}*"):
-            shutil.rmtree(p, ignore_errors=True)
-
-    def __enter__(self) -> "Writer":
-        return self
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
     def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self._lock.release()
+        if self.previous is not None:
+            self.previous.close()
+            self.previous = None
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        if self._lock is not None:
+            self._lock.release()
 
-    def write(self, manifest: Manifest, passages: Sequence[StoredPassage], vectors: np.ndarray, lexical: LexicalIndex) -> Path:
-        """Write passages, their vectors (row i = passages[i]), the lexical index and the manifest."""
+    def write(
+        self, model_id: str, dim: int, roots: list[str], passages: Sequence[StoredPassage], vectors: np.ndarray,
+        lexical: LexicalIndex, extra: dict[str, np.ndarray] | None = None,
+    ) -> Manifest:
+        """Write passages, their vectors (row i = passages[i]) and the lexical index, then the manifest.
+
+        `extra` arrays are saved beside them as `<name>.npy` (checksummed like the rest).
+        Raises DiskError when the disk refuses the write.
+        """
+        try:
+            return self._write(model_id, dim, roots, passages, vectors, lexical, extra or {})
+        except OSError as e:
+            raise _disk_error(e, self.index_dir) or e
+        except (RuntimeError, sqlite3.OperationalError) as e:
+            # faiss and SQLite wrap the failed write() in their own exception types, without errno.
+            raise DiskError(f"cannot write the index at {self.index_dir}: {_why_write_failed(self.index_dir, e)}; "
+                            "the previous index is unchanged") from e
+
+    def _write(self, model_id, dim, roots, passages, vectors, lexical, extra) -> Manifest:
         import faiss
 
-        assert len(passages) == len(vectors) == manifest.passages
+        if len(passages) != len(vectors):
+            raise ValueError(f"{len(passages)} passages but {len(vectors)} vectors")
         faiss.write_index(faiss_index_for(vectors), str(self.tmp / VECTORS))
         db = sqlite3.connect(self.tmp / PASSAGES)
         with db:
-            db.execute(
-                "CREATE TABLE passages (row INTEGER PRIMARY KEY, key TEXT NOT NULL, path TEXT NOT NULL, "
-                "file TEXT NOT NULL, week INTEGER, topic_no INTEGER, topic TEXT, presenter TEXT, "
-                "review_no INTEGER, reviewer TEXT, line INTEGER, end_line INTEGER, passage_no INTEGER, "
-                "text TEXT NOT NULL, embed_text TEXT NOT NULL, terms TEXT NOT NULL)"
-            )
+            db.execute(_SCHEMA)
             db.executemany(
                 f"INSERT INTO passages VALUES ({','.join('?' * len(_COLUMNS))})",
                 [tuple(getattr(p, c) for c in _COLUMNS) for p in passages],
@@ -367,34 +575,49 @@ class Writer:
         db.close()
         (self.tmp / LEXICAL).mkdir()
         lexical.save(self.tmp / LEXICAL)
+        for name, array in extra.items():
+            np.save(self.tmp / f"{name}.npy", array, allow_pickle=False)
+        per_file = Counter(p.path for p in passages)
+        manifest = Manifest(
+            format=FORMAT_VERSION,
+            model_id=model_id,
+            dim=dim,
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            files=[{"path": f, "passages": n} for f, n in sorted(per_file.items())],
+            passages=len(passages),
+            reviews=len({p.review_key for p in passages}),
+            roots=list(roots),
+            checksums=_checksums(self.tmp),
+        )
         (self.tmp / MANIFEST).write_text(json.dumps(asdict(manifest), ensure_ascii=False, indent=1), encoding="utf-8")
-        return self.tmp
+        return manifest
 
     def commit(self) -> Path:
         """Make the written generation live, atomically, and drop generations no reader can still be using."""
+        try:
+            return self._commit()
+        except OSError as e:
+            raise _disk_error(e, self.index_dir) or e
+
+    def _commit(self) -> Path:
         _fsync_tree(self.tmp)
+        manifest = json.loads((self.tmp / MANIFEST).read_text(encoding="utf-8"))
         final = self.index_dir / self.name
-        previous = current_generation_or_none(self.index_dir)
+        previous = live_generation(self.index_dir)
+        pointer = self.index_dir / CURRENT
+        if pointer.is_dir() or pointer.is_symlink():
+            # Not ours to delete, and os.replace cannot overwrite a folder: set it aside.
+            pointer.rename(self.index_dir / f"{CURRENT}.moved-aside-{secrets.token_hex(3)}")
         os.rename(self.tmp, final)
-        pointer_tmp = self.index_dir / f"{_TMP_PREFIX}{CURRENT}"
-        with open(pointer_tmp, "w", encoding="utf-8") as f:
-            f.write(self.name + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(pointer_tmp, self.index_dir / CURRENT)
+        self.tmp = None
+        _write_atomically(self.index_dir / SETTINGS, json.dumps(
+            {"roots": manifest["roots"], "model_id": manifest["model_id"]}, ensure_ascii=False, indent=1))
+        _write_atomically(pointer, self.name + "\n")
         _fsync_dir(self.index_dir)
         # Keep the generation that was live until now: a query that read CURRENT a
         # moment ago may still be opening its files.
-        keep = {self.name, previous.name if previous else None}
+        keep = {self.name, previous}
         for p in self.index_dir.glob(f"{_GEN_PREFIX}*"):
             if p.name not in keep:
                 shutil.rmtree(p, ignore_errors=True)
         return final
-
-
-def current_generation_or_none(index_dir: Path) -> Path | None:
-    """Like current_generation, but a damaged pointer counts as no index (a build replaces it)."""
-    try:
-        return current_generation(index_dir)
-    except IndexDamaged:
-        return None

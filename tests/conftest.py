@@ -1,20 +1,19 @@
-"""Shared fixtures: the dev corpus (skipped where ../shared is absent), a fake encoder, built indexes."""
+"""Shared fixtures: a small corpus of our own, the dev corpora (skipped where ../shared is absent),
+a fake encoder, built indexes."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
-from fakes import FakeEncoder  # noqa: E402
+from fakes import FakeEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
+CORPUS = Path(__file__).resolve().parent / "corpus"  # three small weeks in the notes' format, ours
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "dev-corpus"
+DEV2 = SHARED / "dev-corpus-2"
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +24,26 @@ def dev_corpus() -> Path:
     return DEV
 
 
+@pytest.fixture(scope="session")
+def dev_corpus_2() -> Path:
+    """The second, harder labelled corpus, read in place; skipped where it is missing."""
+    if not (DEV2 / "weeks").is_dir():
+        pytest.skip(f"dev corpus 2 not found at {DEV2} (CI and developers have ../shared beside the clone)")
+    return DEV2
+
+
 @pytest.fixture
 def fake_encoder() -> FakeEncoder:
     return FakeEncoder()
+
+
+@pytest.fixture
+def corpus_index(tmp_path: Path, fake_encoder: FakeEncoder) -> Path:
+    """tests/corpus indexed with the fake encoder."""
+    from search.build import build_index
+
+    build_index([CORPUS], tmp_path / "corpus-index", fake_encoder)
+    return tmp_path / "corpus-index"
 
 
 @pytest.fixture
@@ -77,12 +93,14 @@ LoRA는 가중치 업데이트를 low-rank 행렬 두 개로 분해해서 학습
 
 
 @pytest.fixture
-def fake_model(monkeypatch, fake_encoder: FakeEncoder) -> FakeEncoder:
-    """Make every model the CLI or library loads the fake one (tests of plumbing, not semantics)."""
-    import search.embedding
+def fake_model(fake_encoder: FakeEncoder):
+    """Register the fake encoder under its model id, so `--model fake/trigram-64` (and any index built
+    with it) loads it through the library's own plugin point (tests of plumbing, not semantics)."""
+    from search.embedding import register_encoder
 
-    monkeypatch.setattr(search.embedding, "load_encoder", lambda model=None: fake_encoder)
-    return fake_encoder
+    register_encoder(fake_encoder.model_id, lambda: fake_encoder)
+    yield fake_encoder
+    register_encoder(fake_encoder.model_id, None)
 
 
 @pytest.fixture(scope="session")

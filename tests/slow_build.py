@@ -2,14 +2,10 @@
 
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fakes import FakeEncoder  # found beside this script, which Python puts first on the path
 
-from fakes import FakeEncoder  # noqa: E402
-
-from search.build import build_index  # noqa: E402
+from search.build import build_index
 
 
 class SlowEncoder(FakeEncoder):

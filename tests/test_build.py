@@ -7,14 +7,25 @@ import shutil
 from pathlib import Path
 
 
-from search.build import build_index, passage_key, previous_settings
+import pytest
+
+from search.build import build_index, build_roots, passage_key
+from search.errors import BadRequest
 from search.ranking import Searcher
-from search.store import open_index
+from search.request import SearchRequest
+from search.store import open_index, read_settings
+
+from conftest import CORPUS, SEEDS
+
+
+def stored(index_dir: Path):
+    with open_index(index_dir) as idx:
+        return idx.passages()
 
 
 def rows(index_dir: Path) -> list[tuple]:
-    idx = open_index(index_dir)
-    return sorted((p.file, p.topic_no, p.review_no, p.passage_no, p.text, p.key) for p in idx.passages())
+    with open_index(index_dir) as idx:
+        return sorted((p.file, p.topic_no, p.review_no, p.passage_no, p.text, p.key) for p in idx.passages())
 
 
 def test_rerun_embeds_nothing(notes: Path, tmp_path: Path, fake_encoder):
@@ -24,10 +35,10 @@ def test_rerun_embeds_nothing(notes: Path, tmp_path: Path, fake_encoder):
     assert (again.embedded, again.reused, again.removed) == (0, first.passages, 0)
 
 
-def test_adding_a_week_embeds_only_that_week_and_equals_a_full_rebuild(dev_corpus: Path, tmp_path: Path, fake_encoder):
+def test_adding_a_week_embeds_only_that_week_and_equals_a_full_rebuild(tmp_path: Path, fake_encoder):
     corpus = tmp_path / "weeks"
-    shutil.copytree(dev_corpus / "weeks", corpus)
-    newest = corpus / "2025-06-16_15주차.md"
+    shutil.copytree(CORPUS, corpus)
+    newest = corpus / "2025-03-10_week3.md"
     held_back = tmp_path / newest.name
     newest.rename(held_back)
     build_index([corpus], tmp_path / "inc", fake_encoder)
@@ -35,16 +46,19 @@ def test_adding_a_week_embeds_only_that_week_and_equals_a_full_rebuild(dev_corpu
     fake_encoder.embedded.clear()
     summary = build_index([corpus], tmp_path / "inc", fake_encoder)
     new_week = build_index([newest], tmp_path / "only-new", type(fake_encoder)())
-    assert summary.embedded == new_week.passages and summary.removed == 0
-    assert all(t in {p.embed_text for p in open_index(tmp_path / "only-new").passages()} for t in fake_encoder.embedded)
+    assert summary.embedded == new_week.passages > 0 and summary.removed == 0
+    with open_index(tmp_path / "only-new") as only_new:
+        assert sorted(fake_encoder.embedded) == sorted(p.embed_text for p in only_new.passages())
 
     build_index([corpus], tmp_path / "full", fake_encoder, full=True)
     assert rows(tmp_path / "inc") == rows(tmp_path / "full")
-    inc, full = Searcher(open_index(tmp_path / "inc"), fake_encoder), Searcher(open_index(tmp_path / "full"), fake_encoder)
-    for q in ["SpecAugment masking", "MoE expert 라우팅", "RLHF reward model", "문장 임베딩"]:
-        a = [(h.passage.key, round(h.score, 5)) for h in inc.search(q, k=5)]
-        b = [(h.passage.key, round(h.score, 5)) for h in full.search(q, k=5)]
-        assert a == b
+    with open_index(tmp_path / "inc") as a, open_index(tmp_path / "full") as b:
+        inc, full = Searcher(a, fake_encoder), Searcher(b, fake_encoder)
+        for q in ["dense retrieval BM25", "masked language model", "hallucination 해결", "문장 임베딩"]:
+            request = SearchRequest.parse(q, k=5)
+            assert [(h.passage.key, round(h.score, 5)) for h in inc.search(request).hits] == [
+                (h.passage.key, round(h.score, 5)) for h in full.search(request).hits
+            ]
 
 
 def test_editing_a_review_reembeds_only_the_changed_passage(notes: Path, tmp_path: Path, fake_encoder):
@@ -53,17 +67,17 @@ def test_editing_a_review_reembeds_only_the_changed_passage(notes: Path, tmp_pat
     f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠지만 재미있었다."), encoding="utf-8")
     s = build_index([notes], tmp_path / "idx", fake_encoder)
     assert (s.embedded, s.removed, s.reused) == (1, 1, first.passages - 1)
-    assert any("재미있었다" in p.text for p in open_index(tmp_path / "idx").passages())
+    assert any("재미있었다" in p.text for p in stored(tmp_path / "idx"))
 
 
 def test_deleting_a_file_removes_all_its_passages(notes: Path, tmp_path: Path, fake_encoder):
     (notes / "week4.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("위스퍼", "LoRA"), encoding="utf-8")
     build_index([notes], tmp_path / "idx", fake_encoder)
-    n4 = sum(p.file == "week4.md" for p in open_index(tmp_path / "idx").passages())
+    n4 = sum(p.file == "week4.md" for p in stored(tmp_path / "idx"))
     (notes / "week4.md").unlink()
     s = build_index([notes], tmp_path / "idx", fake_encoder)
     assert s.removed == n4 and s.embedded == 0
-    assert all(p.file != "week4.md" for p in open_index(tmp_path / "idx").passages())
+    assert all(p.file != "week4.md" for p in stored(tmp_path / "idx"))
 
 
 def test_a_file_that_turns_unreadable_keeps_its_passages(notes: Path, tmp_path: Path, fake_encoder):
@@ -82,27 +96,43 @@ def test_model_change_reembeds_everything(notes: Path, tmp_path: Path, fake_enco
     other.model_id = "fake/other"
     s = build_index([notes], tmp_path / "idx", other)
     assert s.reused == 0 and s.embedded == s.passages
-    assert open_index(tmp_path / "idx").manifest.model_id == "fake/other"
+    assert read_settings(tmp_path / "idx").model_id == "fake/other"
 
 
 def test_keys_depend_on_model_and_text():
-    assert passage_key("m", "a") != passage_key("m", "b") != passage_key("n", "a")
+    keys = {passage_key("m", "a"), passage_key("m", "b"), passage_key("n", "a")}
+    assert len(keys) == 3
     assert passage_key("m", "a") == passage_key("m", "a")
 
 
 def test_roots_and_model_are_remembered_even_across_formats(notes: Path, tmp_path: Path, fake_encoder):
     build_index([notes], tmp_path / "idx", fake_encoder)
-    assert previous_settings(tmp_path / "idx") == ([str(notes.resolve())], fake_encoder.model_id)
-    assert previous_settings(tmp_path / "none") == (None, None)
+    assert read_settings(tmp_path / "idx") == ([str(notes.resolve())], fake_encoder.model_id)
+    assert read_settings(tmp_path / "none") == (None, None)
+    # an index from before settings.json: the manifest, even of an older format, still tells
+    (tmp_path / "idx" / "settings.json").unlink()
     gen = tmp_path / "idx" / (tmp_path / "idx" / "CURRENT").read_text().strip()
     manifest = json.loads((gen / "manifest.json").read_text())
     (gen / "manifest.json").write_text(json.dumps({**manifest, "format": 1}))
-    assert previous_settings(tmp_path / "idx") == ([str(notes.resolve())], fake_encoder.model_id)
+    assert read_settings(tmp_path / "idx") == ([str(notes.resolve())], fake_encoder.model_id)
+
+
+def test_roots_default_to_seeds_only_for_a_new_index_folder(notes: Path, tmp_path: Path, fake_encoder):
+    assert build_roots(None, tmp_path / "new") == ["seeds"]
+    assert build_roots([notes], tmp_path / "new") == [str(notes)]
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    assert build_roots(None, tmp_path / "idx") == [str(notes.resolve())]
+    # with both the settings and the manifest gone, the folder still is not rebuilt from seeds/
+    (tmp_path / "idx" / "settings.json").unlink()
+    (tmp_path / "idx" / "CURRENT").write_text("gen-gone\n")
+    with pytest.raises(BadRequest, match="does not record which notes"):
+        build_roots(None, tmp_path / "idx")
 
 
 def test_no_placeholder_is_ever_indexed(dev_corpus: Path, tmp_path: Path, fake_encoder):
-    build_index([dev_corpus / "weeks", Path(__file__).resolve().parent.parent / "seeds"], tmp_path / "idx", fake_encoder)
-    ps = open_index(tmp_path / "idx").passages()
+    build_index([dev_corpus / "weeks", SEEDS], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        ps = idx.passages()
     assert all(p.reviewer and "(내용)" not in p.text for p in ps)
     assert len({p.review_key for p in ps}) == 25
 
@@ -120,5 +150,5 @@ def test_unchanged_passages_reuse_their_terms_without_kiwi(notes: Path, tmp_path
     f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠지만 좋았다."), encoding="utf-8")
     build_index([notes], tmp_path / "idx", fake_encoder)
     assert len(analysed) == 1 and "좋았다" in analysed[0]
-    idx = open_index(tmp_path / "idx")
-    assert Searcher(idx, fake_encoder).search("hallucination", k=1, mode="lexical")
+    with open_index(tmp_path / "idx") as idx:
+        assert Searcher(idx, fake_encoder).search(SearchRequest.parse("hallucination", k=1, mode="lexical")).hits

@@ -20,13 +20,13 @@ def invoke(*args: str, columns: int = 200):
 
 @pytest.fixture
 def built(notes: Path, tmp_path: Path, fake_model) -> Path:
-    result = invoke("index", notes, "--index", tmp_path / "idx")
+    result = invoke("index", notes, "--index", tmp_path / "idx", "--model", fake_model.model_id)
     assert result.exit_code == 0, result.output
     return tmp_path / "idx"
 
 
 def test_index_prints_a_summary(notes: Path, tmp_path: Path, fake_model):
-    result = invoke("index", notes, "--index", tmp_path / "idx")
+    result = invoke("index", notes, "--index", tmp_path / "idx", "--model", fake_model.model_id)
     assert result.exit_code == 0
     assert "indexed 1 files, 2 reviews, 3 passages (3 embedded, 0 reused, 0 removed)" in result.output
 
@@ -75,7 +75,7 @@ def test_query_filters(built: Path):
     result = invoke("query", "학습", "--index", built, "--week", "4-9", "--json")
     assert json.loads(result.stdout) == []
     result = invoke("query", "학습", "--index", built, "--week", "nine")
-    assert result.exit_code == 2 and "--week" in result.output
+    assert result.exit_code == 2 and "week takes a week" in result.output
 
 
 def test_list(built: Path):
@@ -88,24 +88,44 @@ def test_list(built: Path):
 
 
 @pytest.mark.parametrize(
-    "args, message",
+    "args, message, code",
     [
-        (["query", "x", "--index", "{tmp}/none"], "no index at"),
-        (["query", "   ", "--index", "{tmp}/none"], "query is empty"),
-        (["index", "{tmp}/missing.md", "--index", "{tmp}/i"], "no such file or folder"),
-        (["query", "x", "--mode", "magic", "--index", "{idx}"], "unknown mode"),
+        (["query", "x", "--index", "{tmp}/none"], "no index at {tmp}/none; build one with `review-search index PATH ...", 1),
+        (["query", "   ", "--index", "{tmp}/none"], "query is empty", 2),
+        (["index", "{tmp}/missing.md", "--index", "{tmp}/i", "--model", "fake/trigram-64"], "no such file or folder", 2),
+        (["query", "x", "-k", "5000", "--index", "{idx}"], "", 2),
+        (["query", "x", "--week", "99999999999999999999", "--index", "{idx}"], "week takes a week", 2),
+        (["related", "no such paper at all", "--index", "{idx}"], "shows the papers", 2),
     ],
 )
-def test_errors_are_one_line_without_traceback(built: Path, tmp_path: Path, args, message):
+def test_errors_are_one_line_without_traceback(built: Path, tmp_path: Path, args, message, code):
     result = invoke(*[a.format(tmp=tmp_path, idx=built) for a in args])
-    assert result.exit_code == 2
-    assert message in result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    assert result.exit_code == code, result.output
+    assert message.format(tmp=tmp_path) in result.output
+    assert "Traceback" not in result.output
+
+
+def test_usage_errors_list_the_choices(built: Path):
+    result = invoke("query", "x", "--mode", "magic", "--index", built)
+    assert result.exit_code == 2 and "hybrid" in result.output and "lexical" in result.output
+    assert "hybrid" in invoke("query", "--help").output
+
+
+def test_internal_errors_exit_1_with_one_line(built: Path, monkeypatch):
+    import search.ranking
+
+    def broken(self, request):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr(search.ranking.Searcher, "search", broken)
+    result = invoke("query", "x", "--index", built)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.output.startswith("error: internal error") and len(result.output.strip().splitlines()) == 1
 
 
 def test_bad_file_is_a_warning_not_a_failure(notes: Path, tmp_path: Path, fake_model):
     (notes / "broken.md").write_bytes(b"\xff\xfe\x00")
-    result = invoke("index", notes, "--index", tmp_path / "idx")
+    result = invoke("index", notes, "--index", tmp_path / "idx", "--model", fake_model.model_id)
     assert result.exit_code == 0
     assert "warning:" in result.output and "broken.md" in result.output and "binary" in result.output
 
@@ -113,7 +133,7 @@ def test_bad_file_is_a_warning_not_a_failure(notes: Path, tmp_path: Path, fake_m
 def test_control_characters_in_notes_are_neutralised(notes: Path, tmp_path: Path, fake_model):
     f = notes / "week3.md"
     f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠다.\x1b[2J\x1b]0;pwned\x07"), encoding="utf-8")
-    invoke("index", notes, "--index", tmp_path / "idx")
+    invoke("index", notes, "--index", tmp_path / "idx", "--model", fake_model.model_id)
     result = invoke("query", "아쉬웠다", "--index", tmp_path / "idx")
     assert "\x1b" not in result.output and "\x07" not in result.output
     assert "\\u001b" in result.output
@@ -133,11 +153,12 @@ def test_model_option_takes_a_sentence_transformers_folder(notes: Path, tmp_path
 
 def test_unknown_model_is_a_clean_error(notes: Path, tmp_path: Path):
     result = invoke("index", notes, "--index", tmp_path / "idx", "--model", tmp_path / "no-such-model")
-    assert result.exit_code == 2 and "cannot load model" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "cannot load model" in result.output and "Traceback" not in result.output
 
 
 def test_min_score_can_leave_nothing_and_says_so(built: Path):
-    result = invoke("query", "hallucination", "--index", built, "--min-score", "1.01")
-    assert result.exit_code == 0 and result.output.strip() == "no review matches with similarity >= 1.01"
+    result = invoke("query", "hallucination", "--index", built, "--min-score", "0.999")
+    assert result.exit_code == 0 and result.output.strip() == "no review matches with similarity >= 0.999"
+    assert invoke("query", "hallucination", "--index", built, "--min-score", "1.5").exit_code == 2
     hits = json.loads(invoke("query", "hallucination", "--index", built, "--min-score", "-1", "--json").stdout)
     assert hits and all(h["dense"] >= -1 for h in hits)

@@ -10,7 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from search.cli import app
-from search.evaluate import LabelledQuery, QueriesError, Report, read_queries, score_query
+from search.errors import BadRequest
+from search.evaluate import LabelledQuery, Report, read_queries, score_query
+from search.request import Mode
 
 A, B, C, D = (("f.md", t, "r") for t in "ABCD")
 
@@ -44,10 +46,10 @@ def test_absent_queries_have_no_ranking_metrics_but_count():
 def test_read_queries_errors_name_file_and_line(tmp_path: Path):
     f = tmp_path / "q.jsonl"
     f.write_text('{"id": "1", "query": "x", "kind": "k", "relevant": []}\n{"id": 2}\n', encoding="utf-8")
-    with pytest.raises(QueriesError, match=r"q.jsonl:2: not a labelled query"):
+    with pytest.raises(BadRequest, match=r"q.jsonl:2: not a labelled query"):
         read_queries(f)
     f.write_text("", encoding="utf-8")
-    with pytest.raises(QueriesError, match="no queries"):
+    with pytest.raises(BadRequest, match="no queries"):
         read_queries(f)
 
 
@@ -59,11 +61,11 @@ def test_dev_queries_parse(dev_corpus: Path):
 
 def test_eval_command(dev_corpus: Path, tmp_path: Path, fake_model):
     runner = CliRunner()
-    assert runner.invoke(app, ["index", str(dev_corpus / "weeks"), "--index", str(tmp_path / "i")]).exit_code == 0
+    assert runner.invoke(app, ["index", str(dev_corpus / "weeks"), "--index", str(tmp_path / "i"), "--model", fake_model.model_id]).exit_code == 0
     result = runner.invoke(app, ["eval", str(dev_corpus / "queries.jsonl"), "--index", str(tmp_path / "i"), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
-    assert set(out) == {"hybrid", "dense", "lexical"}
+    assert set(out) == {m.value for m in Mode}
     for report in out.values():
         assert report["summary"]["all"]["n"] == 25
         assert 0 <= report["summary"]["all"]["ndcg"] <= 1

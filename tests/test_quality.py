@@ -14,6 +14,7 @@ import pytest
 from search.build import build_index
 from search.evaluate import evaluate, read_queries
 from search.ranking import Searcher
+from search.request import SearchRequest
 from search.store import open_index
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -43,7 +44,7 @@ def test_whisper_query_on_the_seed_week(tmp_path: Path, e5_encoder):
     build_index([SEEDS], tmp_path / "idx", e5_encoder)
     searcher = Searcher(open_index(tmp_path / "idx"), e5_encoder)
     for mode in ("hybrid", "dense"):
-        hits = searcher.search("whisper hallucination 해결", k=5, mode=mode, group="passage")
+        hits = searcher.search(SearchRequest.parse("whisper hallucination 해결", k=5, mode=mode, group="passage")).hits
         top = hits[0].passage
         assert top.topic.startswith("Calm-Whisper") and top.reviewer == "박민경", mode
         assert all(h.passage.reviewer and "(내용)" not in h.passage.text for h in hits)

@@ -1,4 +1,4 @@
-"""Ranking: modes, grouping by review, filters before top-k, model checks."""
+"""Ranking: modes, grouping by review, filters before top-k, model checks (on tests/corpus, fake encoder)."""
 
 from __future__ import annotations
 
@@ -6,17 +6,20 @@ from pathlib import Path
 
 import pytest
 
-from search.build import build_index
-from search.ranking import Filters, ModelMismatch, Searcher, parse_weeks, rrf
+from search.errors import BadRequest
+from search.ranking import ModelMismatch, Searcher, rrf
+from search.request import DEFAULT_MODE, Filters, Group, Mode, SearchRequest
 from search.store import open_index
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def searcher(dev_corpus: Path, tmp_path: Path, fake_encoder) -> Searcher:
-    build_index([dev_corpus / "weeks", ROOT / "seeds"], tmp_path / "idx", fake_encoder)
-    return Searcher(open_index(tmp_path / "idx"), fake_encoder)
+def searcher(corpus_index: Path, fake_encoder) -> Searcher:
+    with open_index(corpus_index) as idx:
+        yield Searcher(idx, fake_encoder)
+
+
+def search(searcher: Searcher, query: str, **kw):
+    return searcher.search(SearchRequest.parse(query, **kw)).hits
 
 
 def test_rrf_rewards_agreement():
@@ -25,60 +28,86 @@ def test_rrf_rewards_agreement():
     assert fused[1] == pytest.approx(1 / 61)
 
 
-@pytest.mark.parametrize("mode", ["hybrid", "dense", "lexical"])
-def test_modes_find_the_obvious_review(searcher: Searcher, mode: str):
-    hits = searcher.search("whisper hallucination 해결", k=3, mode=mode, group="review")
-    assert hits[0].passage.topic.startswith("Calm-Whisper") and hits[0].passage.reviewer == "박민경"
+@pytest.mark.parametrize("mode", list(Mode))
+def test_modes_find_the_obvious_review(searcher: Searcher, mode: Mode):
+    hits = search(searcher, "whisper hallucination 해결", k=3, mode=mode, group="review")
+    assert "Speech Recognition" in hits[0].passage.topic and hits[0].passage.reviewer == "이영희"
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
 def test_scores_reported_per_mode(searcher: Searcher):
-    (d,) = searcher.search("whisper", k=1, mode="dense")
+    (d,) = search(searcher, "whisper", k=1, mode="dense")
     assert d.lexical is None and d.dense == d.score
-    (h,) = searcher.search("whisper", k=1, mode="hybrid")
+    (h,) = search(searcher, "whisper", k=1, mode="hybrid")
     assert h.dense is not None and h.lexical is not None
 
 
+def test_result_carries_the_matched_query_terms(searcher: Searcher):
+    result = searcher.search(SearchRequest.parse("hallucination문제를 해결", mode="hybrid"))
+    assert "hallucination" in result.terms and "문제" in result.terms
+
+
 def test_review_grouping_shows_each_review_once(searcher: Searcher):
-    hits = searcher.search("hallucination", k=10, group="review")
+    hits = search(searcher, "학습", k=8, group="review")
     keys = [h.passage.review_key for h in hits]
-    assert len(keys) == len(set(keys)) == 10
-    # the review with several matching passages says so, and its best one is shown
+    assert len(keys) == len(set(keys)) == 8  # of the corpus's 9 reviews
+    # a review with several matching passages says so, and its best one is shown
     assert any(h.passages > 1 for h in hits)
-    best = searcher.search("hallucination", k=1, group="passage")[0]
+    best = search(searcher, "학습", k=1, group="passage")[0]
     assert hits[0].passage == best.passage
 
 
 def test_filters_apply_before_top_k(searcher: Searcher):
-    k = 4
-    hits = searcher.search("모델 학습", k=k, filters=Filters(reviewer="이서연"), group="passage")
-    assert len(hits) == k and all(h.passage.reviewer == "이서연" for h in hits)
-    hits = searcher.search("모델 학습", k=k, filters=Filters(weeks=(14, 15)), group="review")
-    assert len(hits) == k and all(h.passage.week in (14, 15) for h in hits)
-    hits = searcher.search("모델", k=50, filters=Filters(topic="bert"), group="review")
+    k = 3
+    hits = search(searcher, "모델 학습", k=k, reviewer="김철수", group="passage")
+    assert len(hits) == k and all(h.passage.reviewer == "김철수" for h in hits)
+    hits = search(searcher, "모델 학습", k=k, week="1-2", group="review")
+    assert len(hits) == k and all(h.passage.week in (1, 2) for h in hits)
+    hits = search(searcher, "모델", k=50, topic="bert", group="review")
     assert {h.passage.topic for h in hits} == {
         "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
         "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
     }
-    assert searcher.search("모델", filters=Filters(reviewer="없는사람")) == []
+    assert search(searcher, "모델", reviewer="없는사람") == []
+
+
+def test_a_week_only_the_file_name_knows_is_filterable(searcher: Searcher):
+    hits = search(searcher, "retrieval", k=10, week="3", group="review")
+    assert hits and {h.passage.file for h in hits} == {"2025-03-10_week3.md"}
 
 
 @pytest.mark.parametrize("text, weeks", [("3", (3, 3)), ("3-5", (3, 5)), (" 4 - 4 ", (4, 4))])
-def test_parse_weeks(text, weeks):
-    assert parse_weeks(text) == weeks
+def test_week_ranges(text, weeks):
+    assert Filters.parse(week=text).weeks == weeks
 
 
-@pytest.mark.parametrize("text", ["5-3", "x", "1-2-3", ""])
-def test_parse_weeks_rejects(text):
-    with pytest.raises(ValueError, match="--week"):
-        parse_weeks(text)
+@pytest.mark.parametrize("text", ["5-3", "x", "1-2-3", "-3", "99999999999999999999", "3-99999999999999999999"])
+def test_bad_weeks_are_bad_requests(text):
+    with pytest.raises(BadRequest, match="week"):
+        Filters.parse(week=text)
 
 
-def test_empty_query_and_bad_mode(searcher: Searcher):
-    with pytest.raises(ValueError, match="empty"):
-        searcher.search("   ")
-    with pytest.raises(ValueError, match="unknown mode"):
-        searcher.search("x", mode="magic")
+@pytest.mark.parametrize(
+    "kw, message",
+    [
+        ({"query": "   "}, "empty"),
+        ({"query": "x", "mode": "magic"}, "mode takes one of"),
+        ({"query": "x", "group": "paper"}, "group takes one of"),
+        ({"query": "x", "k": "0"}, "k takes a whole number from 1"),
+        ({"query": "x", "k": "ten"}, "k takes a whole number"),
+        ({"query": "x", "min_score": "high"}, "min_score takes a number"),
+    ],
+)
+def test_request_validation_names_the_field(kw, message):
+    with pytest.raises(BadRequest, match=message):
+        SearchRequest.parse(**kw)
+
+
+def test_request_defaults_and_truncation():
+    r = SearchRequest.parse("  whisper  ")
+    assert (r.query, r.k, r.mode, r.group, r.filters, r.min_score) == ("whisper", 5, DEFAULT_MODE, Group.REVIEW, Filters(), None)
+    long = SearchRequest.parse("가" * 5000)
+    assert long.truncated and len(long.query) < 5000
 
 
 def test_querying_with_another_model_is_an_error(searcher: Searcher):

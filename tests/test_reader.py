@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from search import reader
-from search.reader import InputError, parse, read_reviews, week_from_name
+from search.errors import BadRequest as InputError
+from search.reader import parse, read_reviews, week_from_name
 
 
 def parse_text(text: str, name: str = "week3.md"):

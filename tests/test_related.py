@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from search.build import build_index
 from search.cli import app
-from search.ranking import Filters
+from search.request import Filters
 from search.related import AmbiguousTopic, TopicNotFound, initials, match_topic, related_reviews
 from search.store import open_index
 
@@ -46,7 +46,7 @@ def test_ambiguous_matches_are_listed_not_guessed():
 
 
 def test_unknown_topic():
-    with pytest.raises(TopicNotFound, match="review-search list"):
+    with pytest.raises(TopicNotFound, match="no reviewed paper matches"):
         match_topic("diffusion models beat GANs", TITLES)
 
 

@@ -18,7 +18,9 @@ from search.build import build_index
 from search.chunking import chunk_review
 from search.ranking import Searcher
 from search.reader import PLACEHOLDER, parse
-from search.store import IndexBusy, open_index
+from search.errors import IndexBusy
+from search.request import SearchRequest
+from search.store import open_index
 
 from fakes import FakeEncoder
 
@@ -107,18 +109,23 @@ def test_killed_builds_always_leave_a_loadable_index(notes: Path, tmp_path: Path
     index = tmp_path / "index"
     build_index([notes], index, fake_encoder)
     rng = random.Random(7)
-    baseline = {open_index(index).size}
+    with open_index(index) as idx:
+        live = idx.size
+    per_file = live  # the notes folder starts with one file
     for round_ in range(8):
-        # each round changes the notes, so every build writes a new generation
+        # each round adds a file, so every build writes a new, larger generation
         (notes / f"week{10 + round_}.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("위스퍼", f"모델{round_}"), encoding="utf-8")
+        complete = per_file * len(list(notes.glob("*.md")))
         proc = start_slow_build(notes, index, delay=0.02)
         time.sleep(rng.uniform(0, 0.8))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        idx = open_index(index)
-        hits = Searcher(idx, fake_encoder).search("hallucination", k=3)
-        assert hits and idx.size in baseline | {idx.size}
-        baseline.add(idx.size)
+        with open_index(index) as idx:
+            hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("hallucination", k=3)).hits
+            size = idx.size
+        # the live index is the one before this build, or this build's if it got as far as the swap
+        assert hits and size in (live, complete)
+        live = size
     # a build that is allowed to finish cleans up what the killed ones left
     build_index([notes], index, fake_encoder)
     assert not list(index.glob(".tmp-*")) and len(list(index.glob("gen-*"))) <= 2
@@ -134,4 +141,5 @@ def test_concurrent_build_is_refused_clearly(notes: Path, tmp_path: Path, fake_e
     finally:
         proc.wait(timeout=60)
     assert proc.returncode == 0
-    assert open_index(index).size == 3
+    with open_index(index) as idx:
+        assert idx.size == 3

@@ -9,31 +9,47 @@ import numpy as np
 import pytest
 
 from search.build import build_index
-from search.store import CURRENT, IndexBusy, IndexDamaged, NoIndex, Writer, faiss_index_for, open_index
+from search.errors import IndexBusy, IndexDamaged, NoIndex
+from search.store import CURRENT, Writer, faiss_index_for, open_index
 
 
-def test_open_missing_index_says_how_to_build(tmp_path: Path):
-    with pytest.raises(NoIndex, match="review-search index"):
+def test_open_missing_index_says_there_is_none(tmp_path: Path):
+    with pytest.raises(NoIndex, match="no index at") as e:
         open_index(tmp_path / "index")
+    assert e.value.hint == "build"
 
 
 def test_round_trip(notes: Path, tmp_path: Path, fake_encoder):
     build_index([notes], tmp_path / "idx", fake_encoder)
-    idx = open_index(tmp_path / "idx")
-    ps = idx.passages()
-    assert idx.size == len(ps) == idx.manifest.passages > 0
-    assert [p.row for p in ps] == list(range(len(ps)))
-    assert idx.manifest.model_id == fake_encoder.model_id and idx.manifest.dim == 64
-    # the stored vectors are the encoder's vectors for the embedded text
-    np.testing.assert_allclose(idx.vectors([0])[0], fake_encoder.embed_query(ps[0].embed_text), atol=1e-6)
-    assert [p.row for p in idx.passages([2, 0])] == [2, 0]
+    with open_index(tmp_path / "idx") as idx:
+        ps = idx.passages()
+        assert idx.size == len(ps) == idx.manifest.passages > 0
+        assert [p.row for p in ps] == list(range(len(ps)))
+        assert idx.manifest.model_id == fake_encoder.model_id and idx.manifest.dim == 64
+        # the stored vectors are the encoder's vectors for the embedded text
+        np.testing.assert_allclose(idx.vectors([0])[0], fake_encoder.embed_query(ps[0].embed_text), atol=1e-6)
+        assert [p.row for p in idx.passages([2, 0])] == [2, 0]
+        # every file of the generation is checksummed, and all are intact
+        assert {"dense.faiss", "passages.sqlite"} <= set(idx.manifest.checksums) and not idx.damaged_files()
+
+
+def test_review_at_returns_the_whole_review(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        first = idx.passages()[0]
+        review = idx.review_at("week3.md", first.end_line + 2)
+        assert [p.passage_no for p in review] == [1, 2] and review[0].reviewer == "이영희"
+        assert idx.review_at(first.path, first.line) == review
+        assert idx.review_at("week3.md", 1) == [] and idx.review_at("other.md", first.line) == []
 
 
 def test_second_build_waits_for_none_it_fails_clearly(tmp_path: Path):
     with Writer(tmp_path / "idx"):
         with pytest.raises(IndexBusy, match="another build is running"):
-            Writer(tmp_path / "idx")
-    Writer(tmp_path / "idx").__exit__(None, None, None)  # the lock is free again
+            with Writer(tmp_path / "idx"):
+                pass
+    with Writer(tmp_path / "idx") as again:  # the lock is free again
+        assert again.previous is None
 
 
 def test_failed_build_leaves_the_live_index(notes: Path, tmp_path: Path, fake_encoder):
@@ -52,7 +68,8 @@ def test_failed_build_leaves_the_live_index(notes: Path, tmp_path: Path, fake_en
         build_index([notes], tmp_path / "idx", fake_encoder)
     assert (tmp_path / "idx" / CURRENT).read_text() == before
     assert not list((tmp_path / "idx").glob(".tmp-*"))
-    assert open_index(tmp_path / "idx").size > 0
+    with open_index(tmp_path / "idx") as idx:
+        assert idx.size > 0
 
 
 def test_leftovers_of_a_killed_build_are_ignored_then_removed(notes: Path, tmp_path: Path, fake_encoder):
@@ -60,7 +77,8 @@ def test_leftovers_of_a_killed_build_are_ignored_then_removed(notes: Path, tmp_p
     stray = tmp_path / "idx" / ".tmp-gen-killed"
     stray.mkdir()
     (stray / "dense.faiss").write_bytes(b"half")
-    assert open_index(tmp_path / "idx").size > 0
+    with open_index(tmp_path / "idx") as idx:
+        assert idx.size > 0
     build_index([notes], tmp_path / "idx", fake_encoder)
     assert not stray.exists()
     assert len(list((tmp_path / "idx").glob("gen-*"))) <= 2
@@ -72,9 +90,10 @@ def test_damaged_files_give_a_rebuild_hint(notes: Path, tmp_path: Path, fake_enc
     gen = tmp_path / "idx" / (tmp_path / "idx" / CURRENT).read_text().strip()
     data = (gen / victim).read_bytes()
     (gen / victim).write_bytes(data[: len(data) // 3])
-    with pytest.raises(IndexDamaged, match="index --full"):
-        idx = open_index(tmp_path / "idx")
-        idx.passages()
+    with pytest.raises(IndexDamaged, match="damaged") as e:
+        with open_index(tmp_path / "idx") as idx:
+            idx.passages()
+    assert e.value.hint == "rebuild" and e.value.roots == [str(notes.resolve())]
 
 
 def test_pointer_to_missing_generation_is_damage(tmp_path: Path):
@@ -110,7 +129,8 @@ def test_papers_summarise_the_index(notes: Path, tmp_path: Path, fake_encoder):
     f = notes / "week3.md"
     f.write_text(f.read_text(encoding="utf-8").replace("- **리뷰어**: 김철수", "- **리뷰어**: 김, 철수"), encoding="utf-8")
     build_index([notes], tmp_path / "idx", fake_encoder)
-    papers = open_index(tmp_path / "idx").papers()
+    with open_index(tmp_path / "idx") as idx:
+        papers = idx.papers()
     assert [(p.week, p.topic_no, p.presenter, p.reviewers, p.passages) for p in papers] == [
         (3, 1, "김철수", ["이영희"], 2),
         (3, 2, "이영희", ["김, 철수"], 1),

@@ -1,0 +1,201 @@
+"""Damage and hostile places: nothing a disk, a pointer or a broken file does may lose the index,
+print a traceback, or leave the tool unable to repair itself (issue #10, items 1, 2, 4–8)."""
+
+from __future__ import annotations
+
+import errno
+import random
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from search.build import build_index
+from search.cli import app
+from search.errors import DiskError, IndexDamaged
+from search.store import CURRENT, open_index
+
+HERE = Path(__file__).resolve().parent
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args], env={"COLUMNS": "200"})
+
+
+def one_line_error(result) -> str:
+    assert result.exit_code != 0, result.output
+    assert "Traceback" not in result.output and result.exception is None or isinstance(result.exception, SystemExit)
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    return lines[0]
+
+
+@pytest.fixture
+def built(notes: Path, tmp_path: Path, fake_model) -> Path:
+    (notes / "week4.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("위스퍼", "새 모델"), encoding="utf-8")
+    result = invoke("index", notes, "--index", tmp_path / "idx", "--model", fake_model.model_id)
+    assert result.exit_code == 0, result.output
+    return tmp_path / "idx"
+
+
+def size(index: Path) -> int:
+    with open_index(index) as idx:
+        return idx.size
+
+
+def generation(index: Path) -> Path:
+    return index / (index / CURRENT).read_text().strip()
+
+
+def damage(path: Path, how: str, rng: random.Random) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        data = data[: len(data) // 3]
+    elif how == "zero":
+        data = bytearray(len(data))
+    else:
+        for _ in range(8):
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+    path.write_bytes(bytes(data))
+
+
+def victims(index: Path) -> list[Path]:
+    gen = generation(index)
+    return [index / CURRENT] + sorted(p for p in gen.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("how", ["truncate", "zero", "flip"])
+def test_damage_matrix(built: Path, notes: Path, how: str):
+    """Every file of a generation, damaged three ways: one-line answers, then `index --full` restores all."""
+    before = size(built)
+    rng = random.Random(how)
+    for victim in [p.relative_to(built) for p in victims(built)]:
+        target = built / victim if victim.name == CURRENT else generation(built) / victim.relative_to(victim.parts[0])
+        damage(target, how, rng)
+        for args in (["query", "hallucination"], ["list"], ["related", "LoRA"]):
+            result = invoke(*args, "--index", built)
+            if result.exit_code != 0:  # a flip can land where nothing reads it; any failure must be clean
+                line = one_line_error(result)
+                assert "damaged" in line or "missing generation" in line or "cannot read" in line, line
+                assert f"rebuild with `review-search index '{notes.resolve()}' --full --index {built}`" in line, line
+        repaired = invoke("index", "--full", "--index", built)
+        assert repaired.exit_code == 0, (victim, repaired.output)
+        assert size(built) == before, victim
+        assert invoke("query", "hallucination", "--index", built).exit_code == 0
+
+
+def test_damaged_pointer_never_shrinks_the_index_to_seeds(built: Path, monkeypatch):
+    before = size(built)
+    (built / CURRENT).write_bytes(b"\xff\xfe not utf-8")
+    line = one_line_error(invoke("query", "x", "--index", built))
+    assert "cannot read (not text)" in line
+    monkeypatch.chdir(HERE.parent)  # a folder with seeds/ in it
+    result = invoke("index", "--full", "--index", built)
+    assert result.exit_code == 0 and size(built) == before
+
+
+def test_full_rebuild_keeps_files_that_became_unreadable(built: Path, notes: Path):
+    before = size(built)
+    (notes / "week4.md").write_text("# 4주차", encoding="utf-16")
+    result = invoke("index", "--full", "--index", built)
+    assert result.exit_code == 0, result.output
+    assert size(built) == before and "kept from unreadable files" in result.output
+    assert "week4.md: kept its 3 passages" in result.output
+
+
+def test_flipped_vector_bits_are_found_and_not_carried_on(built: Path, notes: Path, fake_encoder):
+    gen = generation(built)
+    data = bytearray((gen / "dense.faiss").read_bytes())
+    data[-97] ^= 0x40  # the top exponent bit of a float in the last vector
+    (gen / "dense.faiss").write_bytes(bytes(data))
+    assert "dense.faiss is damaged" in one_line_error(invoke("query", "hallucination", "--index", built))
+    # past the size where opening checksums everything, a hit with a broken norm still says so
+    with open_index(built, verify=False) as idx, pytest.raises(IndexDamaged, match="damaged vectors"):
+        idx.dense_search(idx.vectors([idx.size - 1])[0] * 0 + 1 / np.sqrt(64), idx.size)
+    summary = build_index(None, built, fake_encoder)
+    assert summary.embedded == summary.passages  # nothing reused from the damaged file
+    assert any("checksum mismatch" in p.message for p in summary.problems)
+    with open_index(built) as idx:
+        assert np.allclose(np.linalg.norm(idx.vectors(), axis=1), 1, atol=1e-5)
+
+
+def test_corrupt_passages_db_is_one_line_and_full_rebuild_does_not_need_it(built: Path, notes: Path):
+    before = size(built)
+    db = generation(built) / "passages.sqlite"
+    data = bytearray(db.read_bytes())
+    rng = random.Random(3)
+    for _ in range(8):
+        data[rng.randrange(len(data))] = rng.randrange(256)
+    db.write_bytes(bytes(data))
+    one_line_error(invoke("query", "x", "--index", built))
+    result = invoke("index", notes, "--full", "--index", built)
+    assert result.exit_code == 0 and size(built) == before
+
+
+def test_truncated_lexical_file_is_damage_not_abort(built: Path):
+    victim = next((generation(built) / "lexical").glob("*.npy"))
+    victim.write_bytes(victim.read_bytes()[:20])
+    line = one_line_error(invoke("query", "hallucination", "--index", built))
+    assert "damaged" in line
+    with open_index(built, verify=False) as idx, pytest.raises(IndexDamaged, match="lexical"):
+        idx.lexical
+
+
+def test_index_path_that_is_a_file(tmp_path: Path, notes: Path, fake_model):
+    f = tmp_path / "not-a-folder"
+    f.write_text("x")
+    for args in (["query", "x"], ["index", notes, "--model", fake_model.model_id], ["list"]):
+        line = one_line_error(invoke(*args, "--index", f))
+        assert "is a file, not an index folder" in line
+    assert fake_model.embedded == []  # found before any work
+
+
+def test_pointer_that_is_a_folder_is_set_aside_by_a_build(built: Path, notes: Path, fake_model):
+    (built / CURRENT).unlink()
+    (built / CURRENT).mkdir()
+    one_line_error(invoke("query", "x", "--index", built))
+    result = invoke("index", notes, "--index", built)
+    assert result.exit_code == 0, result.output
+    assert size(built) > 0 and not list(built.glob(".tmp-*")) and len(list(built.glob("gen-*"))) <= 2
+    assert list(built.glob("CURRENT.moved-aside-*"))
+
+
+def test_read_only_index_folder_is_one_line(built: Path, notes: Path, monkeypatch):
+    import filelock
+
+    def refuse(self, *a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(filelock.FileLock, "acquire", refuse)  # root ignores chmod, so the refusal is simulated
+    line = one_line_error(invoke("index", notes, "--index", built))
+    assert "permission denied" in line and "previous index is unchanged" in line
+
+
+def test_disk_full_keeps_the_old_index_and_says_so(built: Path, notes: Path, tmp_path: Path):
+    before = size(built)
+    (notes / "week5.md").write_text((notes / "week3.md").read_text(encoding="utf-8") * 40, encoding="utf-8")
+    limit = 16 * 1024  # bytes any one file may grow to: the new passages table will not fit
+
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "fake_cli.py"), "index", str(notes), "--index", str(built)],
+        capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
+    )
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "file size limit exceeded" in proc.stderr or "no space" in proc.stderr
+    assert size(built) == before and not list(built.glob(".tmp-*"))
+
+
+def test_disk_errors_map_to_disk_error():
+    from search.store import _disk_error
+
+    assert isinstance(_disk_error(OSError(errno.ENOSPC, "x"), Path("i")), DiskError)
+    assert "no space left on device" in str(_disk_error(OSError(errno.ENOSPC, "x"), Path("i")))
+    assert _disk_error(OSError(errno.ENOENT, "x"), Path("i")) is None
