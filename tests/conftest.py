@@ -16,6 +16,16 @@ DEV = SHARED / "dev-corpus"
 DEV2 = SHARED / "dev-corpus-2"
 
 
+REAL_MODEL_FIXTURES = {"e5_model_dir", "e5_encoder", "real_index"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that loads the real model carries the `model` marker (`-m "not model"` skips them)."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session")
 def dev_corpus() -> Path:
     """The labelled dev corpus, read in place; tests that need it skip where it is missing."""
