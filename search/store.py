@@ -329,7 +329,7 @@ class Index:
 
 def _check_folder(index_dir: Path) -> None:
     if index_dir.exists() and not index_dir.is_dir():
-        raise BadRequest(f"{index_dir} is a file, not an index folder; choose another --index")
+        raise BadRequest(f"{index_dir} is a file, not an index folder")
 
 
 def current_generation(index_dir: Path) -> Path | None:
