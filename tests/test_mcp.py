@@ -237,10 +237,44 @@ def test_stdio_with_the_real_model(e5_encoder, e5_model_dir, tmp_path):
         async with Client(params) as client:
             names = {t.name for t in (await client.list_tools()).tools}
             speech = await call(client, "search", query="시끄러운 환경에서 음성을 텍스트로 바꾸는 모델", k=2)
-            adapter = await call(client, "search", query="적은 파라미터로 거대 언어모델 미세조정", k=2, mode="dense")
+            adapter = await call(client, "search", query="가중치 행렬을 저랭크로 근사", k=2, mode="dense")
             return names, speech["hits"], adapter["hits"]
 
     names, speech, adapter = run(go())
     assert names == TOOLS
     assert speech[0]["paper"].startswith("Whisper") and speech[0]["cite"].endswith(f"week3.md:{speech[0]['line']}")
     assert adapter[0]["paper"].startswith("LoRA")
+
+
+def test_answers_follow_a_watched_folder_without_restart(notes: Path, tmp_path: Path):
+    """mcp --watch in one process: the watcher rebuilds, the next tool call sees the new generation."""
+    from search.watch import watch_in_thread
+
+    index = tmp_path / "index"
+    build_index([notes], index, FakeEncoder())
+    service = SearchService(index, FakeEncoder())
+    errors: list[Exception] = []
+    watcher = watch_in_thread(index, None, FakeEncoder(), on_error=errors.append, quiet_ms=200)
+
+    async def go():
+        async with Client(build_server(service)) as client:
+            before = await call(client, "list_papers")
+            (notes / "week4.md").write_text(
+                SAMPLE_WEEK.replace("3주차", "4주차").replace("LoRA: Low-Rank", "QLoRA: Quantized Low-Rank"),
+                encoding="utf-8",
+            )
+            deadline = time.monotonic() + 20
+            while True:
+                hits = (await call(client, "search", query="QLoRA Quantized", k=1))["hits"]
+                if hits[0]["file"] == "week4.md" or time.monotonic() > deadline:
+                    return before, hits, await call(client, "list_papers")
+                await asyncio.sleep(0.2)
+
+    try:
+        before, hits, after = run(go())
+    finally:
+        watcher.stop(timeout=20)
+        service.close()
+    assert not errors, errors
+    assert hits[0]["file"] == "week4.md" and hits[0]["paper"].startswith("QLoRA") and hits[0]["week"] == 4
+    assert len(before["papers"]) == 2 and len(after["papers"]) == 4
