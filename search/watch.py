@@ -36,17 +36,27 @@ FIRST_BUILD_AFTER_MS = 300  # also how often an idle watch wakes up; stopping is
 
 
 class NotesFilter(watchfiles.DefaultFilter):
-    """Markdown files only; watchfiles' defaults already skip editor swap/backup files and VCS folders."""
+    """Changes to the notes: `.md` files under a folder root, or a file root itself.
+
+    watchfiles' defaults already skip editor swap and backup files and VCS folders.
+    """
+
+    def __init__(self, folders: Sequence[Path], files: Sequence[Path]):
+        super().__init__()
+        self._folders = list(folders)
+        self._files = {str(f) for f in files}
 
     def __call__(self, change: watchfiles.Change, path: str) -> bool:
-        return path.lower().endswith(".md") and super().__call__(change, path)
+        if not path.lower().endswith(".md") or not super().__call__(change, path):
+            return False
+        return path in self._files or any(Path(path).is_relative_to(f) for f in self._folders)
 
 
 def _report_error(e: Exception) -> None:
     print(f"warning: rebuild failed, still watching: {e}", file=sys.stderr)
 
 
-def _watched_roots(index_dir: Path, paths: Sequence[str | Path] | None) -> list[str]:
+def _roots(index_dir: Path, paths: Sequence[str | Path] | None) -> list[str]:
     roots = [str(p) for p in paths] if paths else previous_settings(index_dir)[0]
     if not roots:
         raise BadRequest(f"{index_dir} records no note folders to watch; give the paths to index")
@@ -54,6 +64,20 @@ def _watched_roots(index_dir: Path, paths: Sequence[str | Path] | None) -> list[
     if missing:
         raise BadRequest(f"{missing[0]}: no such file or folder to watch")
     return roots
+
+
+def _watch_plan(roots: Sequence[str]) -> tuple[list[str], NotesFilter]:
+    """The folders to watch and the filter that keeps the notes' changes.
+
+    A file root is watched through its folder: editors that save by writing a
+    new file and renaming it over the old one end a watch on the file itself,
+    and a deleted file could never be seen coming back.
+    """
+    resolved = [Path(r).resolve() for r in roots]
+    folders = [r for r in resolved if r.is_dir()]
+    files = [r for r in resolved if not r.is_dir()]
+    watched = sorted({str(f) for f in folders} | {str(f.parent) for f in files})
+    return watched, NotesFilter(folders, files)
 
 
 def _build(
@@ -90,7 +114,8 @@ def watch_index(
     """
     index_dir = Path(index_dir)
     stop = stop_event or threading.Event()
-    roots = _watched_roots(index_dir, paths)
+    roots = _roots(index_dir, paths)
+    watched, notes_filter = _watch_plan(roots)
     if encoder is None:
         encoder = load_encoder(previous_settings(index_dir)[1])
     # The first build runs inside the loop, on the watcher's first timeout, so
@@ -98,7 +123,7 @@ def watch_index(
     # are seen and built next.
     first = True
     for batch in watchfiles.watch(
-        *roots, watch_filter=NotesFilter(), debounce=max_wait_ms, step=quiet_ms, stop_event=stop,
+        *watched, watch_filter=notes_filter, debounce=max_wait_ms, step=quiet_ms, stop_event=stop,
         rust_timeout=FIRST_BUILD_AFTER_MS, yield_on_timeout=True,
     ):
         if not (batch or first):

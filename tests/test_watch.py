@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -131,6 +132,35 @@ def test_waits_for_a_running_build(watched, notes: Path):
     wait_for(lambda: builds.count > before, "the build once the lock was free")
     assert builds.summaries[-1].files == 2
     assert not builds.errors
+
+
+def test_a_file_root_survives_atomic_saves_and_deletion(notes: Path, tmp_path: Path):
+    """Editors save by renaming a new file over the old one; a watch on the file alone would end there."""
+    week3 = notes / "week3.md"
+    (notes / "other.md").write_text(WEEK4, encoding="utf-8")  # beside the root, not part of it
+    builds = Builds()
+    watcher = watch_in_thread(tmp_path / "index", [week3], FakeEncoder(), on_build=builds.built,
+                              on_error=builds.failed, quiet_ms=200)
+    try:
+        wait_for(lambda: builds.count == 1, "the first build")
+        for i in range(2):
+            before = builds.count
+            (notes / ".week3.tmp").write_text(SAMPLE_WEEK.replace("아쉬웠다", f"아쉬웠다 ({i})"), encoding="utf-8")
+            os.replace(notes / ".week3.tmp", week3)
+            wait_for(lambda: builds.count > before, f"atomic save {i + 1}")
+            assert builds.summaries[-1].embedded == 1
+        week3.unlink()
+        wait_for(lambda: len(builds.errors) == 1, "the deleted root's failed build")
+        before = builds.count
+        week3.write_text(SAMPLE_WEEK, encoding="utf-8")
+        wait_for(lambda: builds.count > before, "the file coming back")
+        assert builds.summaries[-1].files == 1  # other.md never counted
+        before = builds.count
+        (notes / "other.md").write_text(WEEK4 + "\n더 쓴 문장.\n", encoding="utf-8")
+        time.sleep(1.5)
+        assert builds.count == before
+    finally:
+        watcher.stop(timeout=WAIT)
 
 
 def test_stop_ends_a_quiet_watch_promptly(notes: Path, tmp_path: Path):
