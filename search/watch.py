@@ -107,10 +107,12 @@ def watch_index(
     """Build `index_dir` from `paths` (default: the folders it was built from), then rebuild on every change.
 
     Returns when `stop_event` is set. `encoder` defaults to the index's model
-    (the default one reads no weights until a passage needs embedding). The first build's failures raise, as from
-    `build_index` (a missing folder, a model that does not match); later ones
-    go to `on_error` and the watch goes on, since the next save may fix them.
-    `on_build` receives each build's summary.
+    (the default one reads no weights until a passage needs embedding). The
+    first build's failures raise, as from `build_index` (a missing folder, a
+    model that does not match); later ones go to `on_error` and the watch goes
+    on, since the next save may fix them. `on_build` receives each build's
+    summary. A file given as a root is watched through its folder (recursively,
+    as watchfiles watches), so that saves by rename and deletions are seen.
     """
     index_dir = Path(index_dir)
     stop = stop_event or threading.Event()
