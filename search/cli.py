@@ -9,13 +9,18 @@ import json
 from dataclasses import asdict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import TYPE_CHECKING, Iterator, List, Optional
 
 import typer
 
 from .errors import BadRequest, ReviewSearchError
 from .related import RelatedGroup
 from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, MAX_K, Group, Mode
+
+if TYPE_CHECKING:
+    from .build import BuildSummary
+    from .embedding import Encoder
+    from .watch import Watcher
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
 
@@ -26,6 +31,7 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")
 TopicOpt = typer.Option(None, "--topic", help="Only papers whose title contains this.")
 WeekOpt = typer.Option(None, "--week", help="A week (3) or range (3-5).")
+WatchOpt = typer.Option(False, "--watch", help="Also update the index whenever .md files under its folders are added, changed or deleted.")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -82,15 +88,23 @@ def index(
     index_dir: Path = IndexOpt,
     model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model (folder or Hub id); default: the index's model, else multilingual-e5-small offline."),
     full: bool = typer.Option(False, "--full", help="Re-embed everything instead of reusing stored vectors."),
+    watch: bool = typer.Option(False, "--watch", help="Keep running: update the index whenever .md files under the paths are added, changed or deleted (Ctrl-C stops)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Build or update the index from review files."""
-    from .build import build_index
+    from .build import build_index, build_roots
     from .embedding import load_encoder
     from .store import read_settings
 
     with clean_errors(index_dir):
         encoder = load_encoder(model or read_settings(index_dir).model_id)
+        roots = build_roots(paths, index_dir)
+    if watch:
+        if full:
+            fail("--full and --watch do not go together: run `index --full` once, then `index --watch`", 2)
+        _watch_index(index_dir, roots, encoder, as_json)
+        return
+    with clean_errors(index_dir):
         err = _console(stderr=True)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -100,10 +114,15 @@ def index(
         ) as bar:
             task = bar.add_task("embed", total=0)
             summary = build_index(
-                paths, index_dir, encoder, full=full,
+                roots, index_dir, encoder, full=full,
                 on_start=lambda n: bar.update(task, total=n),
                 progress=lambda k: bar.advance(task, k),
             )
+    _report_build(summary, index_dir, as_json)
+
+
+def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = False, err: bool = False) -> None:
+    """A build's warnings on stderr, then its summary (on stderr with `err`, where stdout belongs to a protocol)."""
     from .display import clean
 
     for problem in summary.problems:
@@ -115,8 +134,35 @@ def index(
             f"indexed {summary.files} files, {summary.reviews} reviews, {summary.passages} passages "
             f"({summary.embedded} embedded, {summary.reused} reused, {summary.removed} removed"
             + (f", {summary.kept} kept from unreadable files" if summary.kept else "") + ") "
-            f"in {summary.seconds:.1f}s → {index_dir}"
+            f"in {summary.seconds:.1f}s → {index_dir}",
+            err=err,
         )
+
+
+def _watch_failed(e: Exception) -> None:
+    from .display import clean
+
+    typer.echo(f"warning: index update failed, still watching: {clean(str(e))}", err=True)
+
+
+def _watch_in_background(index_dir: Path) -> "Watcher":
+    """For `serve --watch` and `mcp --watch`: update the index from the folders it was built from."""
+    from .watch import watch_in_thread
+
+    return watch_in_thread(index_dir, on_build=lambda s: _report_build(s, index_dir, err=True), on_error=_watch_failed)
+
+
+def _watch_index(index_dir: Path, roots: list[str], encoder: "Encoder", as_json: bool) -> None:
+    """`index --watch`: one summary per build until Ctrl-C."""
+    from .watch import watch_index
+
+    typer.echo(f"watching {', '.join(roots)} for changes to .md files (Ctrl-C stops)", err=True)
+    with clean_errors(index_dir):
+        try:
+            watch_index(index_dir, roots, encoder, on_build=lambda s: _report_build(s, index_dir, as_json),
+                        on_error=_watch_failed)
+        except KeyboardInterrupt:
+            typer.echo("stopped watching", err=True)
 
 
 @app.command()
@@ -255,6 +301,7 @@ def serve(
     index_dir: Path = IndexOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback exposes the notes to the network."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    watch: bool = WatchOpt,
 ) -> None:
     """Answer searches over HTTP as JSON (GET /search?q=..., GET /health), keeping the index and model loaded."""
     from .server import ServerError, is_loopback, make_server
@@ -266,13 +313,36 @@ def serve(
             fail(str(e))
     if not is_loopback(host):
         typer.echo(f"warning: listening on {host} makes the notes reachable from the network", err=True)
+    watcher = _watch_in_background(index_dir) if watch else None
     typer.echo(f"serving {index_dir} on http://{host}:{server.server_address[1]}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         typer.echo("stopped", err=True)
     finally:
+        if watcher is not None:
+            watcher.stop()
         server.server_close()
+
+
+@app.command("mcp")
+def mcp_(index_dir: Path = IndexOpt, watch: bool = WatchOpt) -> None:
+    """Serve the index to AI assistants over MCP on stdin/stdout (tools: search, related, get_review, list_papers, index_status)."""
+    from .mcp_server import run_stdio
+    from .service import SearchService
+
+    with clean_errors(index_dir):
+        service = SearchService(index_dir)
+    # stdout carries the protocol from here on: everything for people goes to stderr.
+    watcher = _watch_in_background(index_dir) if watch else None
+    try:
+        run_stdio(service)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        service.close()
 
 
 def main() -> None:
