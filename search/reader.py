@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -120,89 +120,116 @@ def decode(data: bytes, path: str) -> tuple[str | None, Problem | None]:
 
 def parse(text: str, path: str) -> tuple[list[Review], list[Problem]]:
     """Parse one file's text into reviews; placeholders and topics without reviews yield nothing."""
-    reviews: list[Review] = []
-    problems: list[Problem] = []
     file = unicodedata.normalize("NFC", Path(path).name)
     lines = text.split("\n")
-    week = week_of(lines, file)
-    topic: tuple[int, str] | None = None
-    presenter = ""
-    # The review being collected: (review_no, reviewer, heading line, body [(line_no, text)])
-    current: tuple[int, str, int, list[tuple[int, str]]] | None = None
-    expect = None  # "presenter" / "reviewer": the metadata line allowed next
-    saw_structure = False
+    state = _FileParse(path, file, week_of(lines, file))
+    for line_no, raw in enumerate(lines, start=1):
+        state.feed(line_no, raw)
+    return state.finish()
 
-    def close() -> None:
-        nonlocal current
-        if current is None or topic is None:
-            current = None
+
+@dataclass
+class _Topic:
+    number: int
+    title: str
+    presenter: str = ""
+
+
+@dataclass
+class _OpenReview:
+    """The review whose lines are being collected."""
+
+    number: int
+    heading_line: int
+    reviewer: str = ""
+    body: list[tuple[int, str]] = field(default_factory=list)  # (line number, raw text)
+
+    def content(self) -> list[tuple[int, str]]:
+        """The body without its leading and trailing blank lines."""
+        filled = [i for i, (_, t) in enumerate(self.body) if t.strip()]
+        return self.body[filled[0] : filled[-1] + 1] if filled else []
+
+
+@dataclass
+class _FileParse:
+    """The state of one file's parse, fed line by line.
+
+    A metadata line (presenter, reviewer) only counts as the next non-blank
+    line after its heading; `expect` names the one allowed now.
+    """
+
+    path: str
+    file: str
+    week: int | None
+    reviews: list[Review] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    topic: _Topic | None = None
+    review: _OpenReview | None = None
+    expect: re.Pattern[str] | None = None
+    saw_structure: bool = False
+
+    def feed(self, line_no: int, raw: str) -> None:
+        line = raw.strip()
+        if self.expect is not None:
+            if not line:
+                return
+            wanted, self.expect = self.expect, None
+            if m := wanted.match(line):
+                if wanted is _PRESENTER:
+                    self.topic.presenter = m.group(1).strip()
+                else:
+                    self.review.reviewer = m.group(1).strip()
+                return
+
+        if m := _TOPIC.match(line):
+            self.close_review()
+            self.topic = _Topic(int(m.group(1)), m.group(2).strip())
+            self.expect = _PRESENTER
+            self.saw_structure = True
+        elif m := _REVIEW.match(line):
+            self.close_review()
+            self.saw_structure = True
+            if self.topic is None:
+                self.problems.append(Problem(self.path, line_no, "review before any 주제 heading, skipped"))
+                return
+            self.review = _OpenReview(int(m.group(1)), line_no)
+            self.expect = _REVIEWER
+        elif _SEPARATOR.match(line):
+            self.close_review()
+        elif self.review is not None:
+            self.review.body.append((line_no, raw))
+
+    def close_review(self) -> None:
+        """Turn the open review into a `Review`, unless it is an empty or placeholder slot."""
+        review, self.review = self.review, None
+        if review is None:
             return
-        review_no, reviewer, head_line, body = current
-        current = None
-        while body and not body[-1][1].strip():
-            body.pop()
-        while body and not body[0][1].strip():
-            body.pop(0)
+        body = review.content()
         content = "\n".join(t for _, t in body).strip()
         if not content or content == PLACEHOLDER:
             return  # placeholder slot in the template, not a review
-        if not reviewer:
-            problems.append(Problem(path, head_line, f"리뷰 {review_no} has no reviewer; indexed as unnamed"))
-        reviews.append(
+        if not review.reviewer:
+            self.problems.append(Problem(self.path, review.heading_line, f"리뷰 {review.number} has no reviewer; indexed as unnamed"))
+        self.reviews.append(
             Review(
-                path=path,
-                file=file,
-                week=week,
-                topic_no=topic[0],
-                topic=topic[1],
-                presenter=presenter,
-                review_no=review_no,
-                reviewer=reviewer,
+                path=self.path,
+                file=self.file,
+                week=self.week,
+                topic_no=self.topic.number,
+                topic=self.topic.title,
+                presenter=self.topic.presenter,
+                review_no=review.number,
+                reviewer=review.reviewer,
                 body_start=body[0][0],
                 body_lines=tuple(t.rstrip() for _, t in body),
             )
         )
 
-    for line_no, raw in enumerate(lines, start=1):
-        line = raw.strip()
-        if expect and not line:
-            continue
-        if expect == "presenter":
-            expect = None
-            m = _PRESENTER.match(line)
-            if m:
-                presenter = m.group(1).strip()
-                continue
-        elif expect == "reviewer":
-            expect = None
-            m = _REVIEWER.match(line)
-            if m:
-                current = (current[0], m.group(1).strip(), current[2], current[3])
-                continue
-
-        if m := _TOPIC.match(line):
-            close()
-            topic = (int(m.group(1)), m.group(2).strip())
-            presenter = ""
-            expect = "presenter"
-            saw_structure = True
-        elif m := _REVIEW.match(line):
-            close()
-            saw_structure = True
-            if topic is None:
-                problems.append(Problem(path, line_no, "review before any 주제 heading, skipped"))
-                continue
-            current = (int(m.group(1)), "", line_no, [])
-            expect = "reviewer"
-        elif _SEPARATOR.match(line):
-            close()
-        elif current is not None:
-            current[3].append((line_no, raw))
-    close()
-
-    if not saw_structure:
-        problems.append(Problem(path, None, "no 주제/리뷰 headings found, nothing indexed"))
-    return reviews, problems
+    def finish(self) -> tuple[list[Review], list[Problem]]:
+        self.close_review()
+        if not self.saw_structure:
+            self.problems.append(Problem(self.path, None, "no 주제/리뷰 headings found, nothing indexed"))
+        return self.reviews, self.problems
 
 
 def markdown_files(paths: Iterable[str | Path]) -> Iterator[Path]:

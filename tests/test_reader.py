@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from search import reader
-from search.reader import InputError, parse, read_reviews, week_from_name
+from search.errors import BadRequest
+from search.reader import parse, read_reviews, week_from_name
 
 
 def parse_text(text: str, name: str = "week3.md"):
@@ -164,7 +165,7 @@ def test_huge_file_is_skipped(notes: Path, monkeypatch):
 
 
 def test_missing_path_is_an_input_error(tmp_path: Path):
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(BadRequest, match="no such file"):
         read_reviews([tmp_path / "nope"])
 
 
