@@ -15,7 +15,10 @@ Real files drift from it (CRLF, BOM, `##` instead of `###`, a missing week
 number, colons inside titles, trailing spaces, bullet lists inside a review),
 so the parser is line-based and forgiving: metadata lines only count right
 after their heading, and anything it cannot place becomes a `Problem` rather
-than an exception.
+than an exception. A week, topic or review number over MAX_NUMBER is junk, not
+a number (it would not fit SQLite): a header's week then comes from the file
+name, a file name's week is unknown, and a topic or review is numbered by its
+position in the file (topic) or under its topic (review), each with a warning.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ _PRESENTER = re.compile(r"^[-*+]\s*\*\*\s*발표자\s*[:：]?\s*\*\*\s*[:：]?(.
 _REVIEWER = re.compile(r"^[-*+]\s*\*\*\s*리뷰어\s*[:：]?\s*\*\*\s*[:：]?(.*)$")
 _SEPARATOR = re.compile(r"^(?:-{3,}|\*{3,}|_{3,}|<br\s*/?>)$", re.IGNORECASE)
 PLACEHOLDER = "(내용)"
+# Week, topic and review numbers above this are typos or junk, not numbers: they
+# would overflow SQLite's 64-bit integers (and Python's int() past 4,300 digits).
+MAX_NUMBER = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -85,22 +91,49 @@ class ReadResult:
     problems: list[Problem]
 
 
+def number(digits: str) -> int | None:
+    """The value of a digit string, or None when it is over MAX_NUMBER."""
+    if len(digits.lstrip("0")) > len(str(MAX_NUMBER)):
+        return None  # checked before int(): a 5,000-digit string would raise
+    value = int(digits)
+    return value if value <= MAX_NUMBER else None
+
+
+def _too_large(kind: str, digits: str) -> str:
+    shown = digits if len(digits) <= 12 else f"{digits[:12]}… ({len(digits)} digits)"
+    return f"{kind} number {shown} is over {MAX_NUMBER:,}"
+
+
+def _week_digits_in_name(name: str) -> str | None:
+    m = _WEEK_IN_NAME.search(name)
+    return (m.group(1) or m.group(2)) if m else None
+
+
 def week_from_name(name: str) -> int | None:
     """Week number from a file name like `week11.md` or `2025-06-16_15주차.md`, else None."""
-    m = _WEEK_IN_NAME.search(name)
-    if not m:
-        return None
-    return int(m.group(1) or m.group(2))
+    digits = _week_digits_in_name(name)
+    return number(digits) if digits else None
 
 
-def week_of(lines: list[str], file: str) -> int | None:
-    """Week from the first `# ... N주차` header, else from the file name, else None."""
-    for line in lines:
+def week_of(lines: list[str], path: str) -> tuple[int | None, list[Problem]]:
+    """Week from the first `# ... N주차` header, else from the file name, else None; and what was wrong with them.
+
+    A number over MAX_NUMBER counts as no number, with a warning.
+    """
+    problems: list[Problem] = []
+    for line_no, line in enumerate(lines, start=1):
         if m := _H1.match(line.strip()):
             if found := _WEEK_IN_HEADER.search(m.group(1)):
-                return int(found.group(1))
+                if (week := number(found.group(1))) is not None:
+                    return week, problems
+                problems.append(Problem(path, line_no, _too_large("week", found.group(1)) + "; week taken from the file name"))
             break
-    return week_from_name(file)
+    file = unicodedata.normalize("NFC", Path(path).name)
+    digits = _week_digits_in_name(file)
+    week = number(digits) if digits else None
+    if digits and week is None:
+        problems.append(Problem(path, None, _too_large("week", digits) + " in the file name; week unknown"))
+    return week, problems
 
 
 def decode(data: bytes, path: str) -> tuple[str | None, Problem | None]:
@@ -122,7 +155,8 @@ def parse(text: str, path: str) -> tuple[list[Review], list[Problem]]:
     """Parse one file's text into reviews; placeholders and topics without reviews yield nothing."""
     file = unicodedata.normalize("NFC", Path(path).name)
     lines = text.split("\n")
-    state = _FileParse(path, file, week_of(lines, file))
+    week, problems = week_of(lines, path)
+    state = _FileParse(path, file, week, problems=problems)
     for line_no, raw in enumerate(lines, start=1):
         state.feed(line_no, raw)
     return state.finish()
@@ -165,6 +199,8 @@ class _FileParse:
     problems: list[Problem] = field(default_factory=list)
     topic: _Topic | None = None
     review: _OpenReview | None = None
+    topics_seen: int = 0  # positions, for numbers that are not numbers
+    reviews_in_topic: int = 0
     expect: re.Pattern[str] | None = None
     saw_structure: bool = False
 
@@ -183,7 +219,9 @@ class _FileParse:
 
         if m := _TOPIC.match(line):
             self.close_review()
-            self.topic = _Topic(int(m.group(1)), m.group(2).strip())
+            self.topics_seen += 1
+            self.reviews_in_topic = 0
+            self.topic = _Topic(self._number("주제", m.group(1), self.topics_seen, line_no), m.group(2).strip())
             self.expect = _PRESENTER
             self.saw_structure = True
         elif m := _REVIEW.match(line):
@@ -192,12 +230,20 @@ class _FileParse:
             if self.topic is None:
                 self.problems.append(Problem(self.path, line_no, "review before any 주제 heading, skipped"))
                 return
-            self.review = _OpenReview(int(m.group(1)), line_no)
+            self.reviews_in_topic += 1
+            self.review = _OpenReview(self._number("리뷰", m.group(1), self.reviews_in_topic, line_no), line_no)
             self.expect = _REVIEWER
         elif _SEPARATOR.match(line):
             self.close_review()
         elif self.review is not None:
             self.review.body.append((line_no, raw))
+
+    def _number(self, kind: str, digits: str, position: int, line_no: int) -> int:
+        """The heading's number, or its position among its kind when the number is absurd."""
+        if (value := number(digits)) is not None:
+            return value
+        self.problems.append(Problem(self.path, line_no, f"{_too_large(kind, digits)}; numbered {position} by position"))
+        return position
 
     def close_review(self) -> None:
         """Turn the open review into a `Review`, unless it is an empty or placeholder slot."""
