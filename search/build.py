@@ -118,9 +118,9 @@ def build_index(
         reusable = not full and old is not None and old.manifest.model_id == encoder.model_id
         old_by_key = {p.key: p.row for p in old_passages} if reusable else {}
         if reusable:
-            # Files that exist but could not be read this time keep their last good passages.
-            unreadable = set(result.skipped)
-            kept = [p for p in old_passages if p.path in unreadable]
+            # Files that exist but could not be read this time (themselves, or a folder
+            # above them) keep their last good passages.
+            kept = [p for p in old_passages if result.unreadable(p.path)]
             for path, n in Counter(p.path for p in kept).items():
                 problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
             records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]

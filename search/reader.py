@@ -23,11 +23,13 @@ position in the file (topic) or under its topic (review), each with a warning.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from .errors import BadRequest
 
@@ -89,6 +91,18 @@ class ReadResult:
     files: list[str]  # files that were parsed
     skipped: list[str]  # files that exist but could not be read as text
     problems: list[Problem]
+    # Folders whose files could not even be listed or reached (resolved paths):
+    # what was in them is unknown this time, not gone.
+    unreadable_dirs: list[str] = field(default_factory=list)
+
+    def unreadable(self, path: str) -> bool:
+        """Whether the file at `path` (resolved) may exist but was not read: skipped, or under an unreadable folder.
+
+        A build keeps the previous passages of such files rather than dropping them.
+        """
+        return path in self.skipped or any(
+            path == folder or path.startswith(folder.rstrip(os.sep) + os.sep) for folder in self.unreadable_dirs
+        )
 
 
 def number(digits: str) -> int | None:
@@ -278,39 +292,134 @@ class _FileParse:
         return self.reviews, self.problems
 
 
-def markdown_files(paths: Iterable[str | Path]) -> Iterator[Path]:
-    """The `.md` files named by `paths` (files as given, folders searched recursively), sorted and unique."""
-    seen: set[Path] = set()
+@dataclass
+class NoteFiles:
+    """The note files found under some paths, and what could not be looked at."""
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    unreadable_dirs: list[str] = field(default_factory=list)  # resolved paths
+
+    def add_unreadable_dir(self, folder: Path | str, error: OSError) -> None:
+        resolved = os.path.realpath(folder)
+        self.unreadable_dirs.append(resolved)
+        self.problems.append(Problem(resolved, None, f"cannot read this folder ({error.strerror}), its files skipped"))
+
+
+_SPECIAL_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str:
+    kind = next((name for test, name in _SPECIAL_KINDS if test(mode)), "a special file")
+    return f"not a regular file ({kind}), skipped"
+
+
+def find_note_files(paths: Iterable[str | Path]) -> NoteFiles:
+    """The `.md` files named by `paths` (files as given, folders searched recursively), sorted and unique.
+
+    Only regular files (after following symlinks) are listed, so nothing else
+    is ever opened. Special files, broken links and folders that cannot be
+    listed become problems; a path that does not exist is a BadRequest.
+    """
+    found = NoteFiles()
     for p in paths:
         p = Path(p)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() == ".md" and f.is_file())
-        elif p.is_file():
-            found = [p]
-        elif p.exists():
-            raise BadRequest(f"{p}: not a regular file or folder")
+        try:
+            mode = os.stat(p).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            raise BadRequest(f"{p}: no such file or folder") from None
+        except PermissionError as e:  # a folder on the way cannot be searched
+            found.add_unreadable_dir(p, e)
+            continue
+        except OSError as e:
+            raise BadRequest(f"{p}: cannot be read ({e.strerror})") from None
+        if stat.S_ISDIR(mode):
+            _walk(p, found)
+        elif stat.S_ISREG(mode):
+            found.files.append(p)
         else:
-            raise BadRequest(f"{p}: no such file or folder")
-        for f in found:
-            key = f.resolve()
-            if key not in seen and f.name.lower() != "readme.md":
-                seen.add(key)
-                yield f
+            raise BadRequest(f"{p}: not a regular file or folder")
+    seen: set[str] = set()
+    unique = []
+    for f in found.files:
+        key = os.path.realpath(f)
+        if key not in seen and f.name.lower() != "readme.md":
+            seen.add(key)
+            unique.append(f)
+    found.files = unique
+    return found
+
+
+def _walk(folder: Path, found: NoteFiles) -> None:
+    """Add the note files under `folder`, depth first in name order (the order of sorted paths)."""
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+        if entries:
+            # Listing needs read permission, reaching the entries execute
+            # permission: without it every file below fails alike, so the
+            # folder is reported once instead.
+            os.lstat(entries[0].path)
+    except OSError as e:
+        found.add_unreadable_dir(folder, e)
+        return
+    for entry in entries:
+        path = Path(entry.path)
+        try:
+            if entry.is_dir(follow_symlinks=False):  # linked folders are not followed: no cycles
+                _walk(path, found)
+                continue
+            if path.suffix.lower() != ".md":
+                continue
+            mode = os.stat(path).st_mode
+        except OSError as e:
+            found.problems.append(Problem(os.path.abspath(path), None, f"cannot read ({e.strerror}), skipped"))
+            continue
+        if stat.S_ISREG(mode):
+            found.files.append(path)
+        elif not stat.S_ISDIR(mode):  # a link to a folder named like a note is a folder
+            found.problems.append(Problem(os.path.abspath(path), None, _not_regular(mode)))
+
+
+def _read_note(path: str) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES; OSError or _NotANote otherwise.
+
+    Opened non-blocking and checked again after opening: a file swapped for a
+    FIFO since it was listed must not hang the build.
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise _NotANote(_not_regular(info.st_mode))
+        if info.st_size > MAX_FILE_BYTES:
+            raise _NotANote(_too_big(info.st_size))
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:  # it grew since fstat
+        raise _NotANote(_too_big(len(data)))
+    return data
+
+
+class _NotANote(Exception):
+    """A file that is there but is not something to read as notes; the message says why."""
+
+
+def _too_big(size: int) -> str:
+    return f"file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for notes, skipped"
 
 
 def read_reviews(paths: Iterable[str | Path]) -> ReadResult:
-    """Read every review file under `paths`; unreadable files become problems, never exceptions."""
-    result = ReadResult([], [], [], [])
-    for f in markdown_files(paths):
+    """Read every review file under `paths`; unreadable files and folders become problems, never exceptions."""
+    found = find_note_files(paths)
+    result = ReadResult([], [], [], list(found.problems), list(found.unreadable_dirs))
+    for f in found.files:
         path = str(f.resolve())
         try:
-            size = f.stat().st_size
-            if size > MAX_FILE_BYTES:
-                problem = Problem(path, None, f"file is {size / 2**20:.0f} MiB, over the {MAX_FILE_BYTES // 2**20} MiB limit for notes, skipped")
-            else:
-                text, problem = decode(f.read_bytes(), path)
-                if problem is None and not text.strip():
-                    problem = Problem(path, None, "empty file, skipped")
+            text, problem = decode(_read_note(path), path)
+            if problem is None and not text.strip():
+                problem = Problem(path, None, "empty file, skipped")
+        except _NotANote as e:
+            problem = Problem(path, None, str(e))
         except OSError as e:
             problem = Problem(path, None, f"cannot read ({e.strerror}), skipped")
         if problem:
