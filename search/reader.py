@@ -105,7 +105,7 @@ class ReadResult:
         )
 
 
-def number(digits: str) -> int | None:
+def bounded_number(digits: str) -> int | None:
     """The value of a digit string, or None when it is over MAX_NUMBER."""
     if len(digits.lstrip("0")) > len(str(MAX_NUMBER)):
         return None  # checked before int(): a 5,000-digit string would raise
@@ -126,7 +126,7 @@ def _week_digits_in_name(name: str) -> str | None:
 def week_from_name(name: str) -> int | None:
     """Week number from a file name like `week11.md` or `2025-06-16_15주차.md`, else None."""
     digits = _week_digits_in_name(name)
-    return number(digits) if digits else None
+    return bounded_number(digits) if digits else None
 
 
 def week_of(lines: list[str], path: str) -> tuple[int | None, list[Problem]]:
@@ -138,14 +138,13 @@ def week_of(lines: list[str], path: str) -> tuple[int | None, list[Problem]]:
     for line_no, line in enumerate(lines, start=1):
         if m := _H1.match(line.strip()):
             if found := _WEEK_IN_HEADER.search(m.group(1)):
-                if (week := number(found.group(1))) is not None:
+                if (week := bounded_number(found.group(1))) is not None:
                     return week, problems
                 problems.append(Problem(path, line_no, _too_large("week", found.group(1)) + "; week taken from the file name"))
             break
     file = unicodedata.normalize("NFC", Path(path).name)
-    digits = _week_digits_in_name(file)
-    week = number(digits) if digits else None
-    if digits and week is None:
+    week = week_from_name(file)
+    if week is None and (digits := _week_digits_in_name(file)):
         problems.append(Problem(path, None, _too_large("week", digits) + " in the file name; week unknown"))
     return week, problems
 
@@ -254,7 +253,7 @@ class _FileParse:
 
     def _number(self, kind: str, digits: str, position: int, line_no: int) -> int:
         """The heading's number, or its position among its kind when the number is absurd."""
-        if (value := number(digits)) is not None:
+        if (value := bounded_number(digits)) is not None:
             return value
         self.problems.append(Problem(self.path, line_no, f"{_too_large(kind, digits)}; numbered {position} by position"))
         return position
