@@ -13,7 +13,6 @@ fail their checksum or norm are embedded again instead of being carried on.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -166,13 +165,7 @@ def _records(passages: list[Passage], model_id: str, old: list[StoredPassage]) -
 
 def _kept(old: list[StoredPassage], result: ReadResult, model_id: str, problems: list[Problem]) -> list[StoredPassage]:
     """Previous passages of files that exist but could not be read this time (or sit in unlistable folders)."""
-    unreadable = set(result.skipped)
-    folders = tuple(d.rstrip(os.sep) + os.sep for d in result.unreadable_dirs)
-    kept = [
-        replace(p, key=passage_key(model_id, p.embed_text))
-        for p in old
-        if p.path in unreadable or (folders and p.path.startswith(folders))
-    ]
+    kept = [replace(p, key=passage_key(model_id, p.embed_text)) for p in old if result.unreadable(p.path)]
     for path, n in Counter(p.path for p in kept).items():
         problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
     return kept

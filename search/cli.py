@@ -37,7 +37,7 @@ WatchOpt = typer.Option(False, "--watch", help="Also update the index whenever .
 def fail(message: str, code: int = 1) -> None:
     from .display import clean
 
-    typer.echo(f"error: {clean(message)}", err=True)
+    typer.echo(f"error: {clean(message, single_line=True)}", err=True)
     raise typer.Exit(code)
 
 
@@ -126,7 +126,7 @@ def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = Fals
     from .display import clean
 
     for problem in summary.problems:
-        typer.echo(f"warning: {clean(str(problem))}", err=True)
+        typer.echo(f"warning: {clean(str(problem), single_line=True)}", err=True)
     if as_json:
         emit_json(summary.as_dict())
     else:
@@ -142,7 +142,7 @@ def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = Fals
 def _watch_failed(e: Exception) -> None:
     from .display import clean
 
-    typer.echo(f"warning: index update failed, still watching: {clean(str(e))}", err=True)
+    typer.echo(f"warning: index update failed, still watching: {clean(str(e), single_line=True)}", err=True)
 
 
 def _watch_in_background(index_dir: Path) -> "Watcher":
@@ -225,7 +225,7 @@ def related(
         return
     from .display import clean, render_hits
 
-    typer.echo(f"reviews related to: {clean(title)}\n")
+    typer.echo(f"reviews related to: {clean(title, single_line=True)}\n")
     if not entries:
         typer.echo("no other reviews")
         return
@@ -247,20 +247,10 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
             "passages": m.passages, "papers": [asdict(p) for p in papers],
         })
         return
-    from rich.table import Table
+    from .display import render_papers
 
-    from .display import clean, week_label
-
-    table = Table(title=f"{index_dir}: {len(m.files)} files, {len(papers)} papers, "
-                  f"{m.reviews} reviews, {m.passages} passages ({m.model_id})")
-    for col in ("week", "paper", "presenter", "reviewers", "passages"):
-        table.add_column(col, overflow="fold")
-    for p in papers:
-        table.add_row(
-            week_label(p.week), clean(p.topic), clean(p.presenter),
-            ", ".join(clean(n or "(none)") for n in p.reviewers), str(p.passages),
-        )
-    _console().print(table)
+    render_papers(_console(), f"{index_dir}: {len(m.files)} files, {len(papers)} papers, "
+                  f"{m.reviews} reviews, {m.passages} passages ({m.model_id})", papers)
 
 
 @app.command("eval")

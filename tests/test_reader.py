@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from search import reader
-from search.errors import BadRequest as InputError
+from search.errors import BadRequest
 from search.reader import parse, read_reviews, week_from_name
 
 
@@ -165,7 +165,7 @@ def test_huge_file_is_skipped(notes: Path, monkeypatch):
 
 
 def test_missing_path_is_an_input_error(tmp_path: Path):
-    with pytest.raises(InputError, match="no such file"):
+    with pytest.raises(BadRequest, match="no such file"):
         read_reviews([tmp_path / "nope"])
 
 
