@@ -1,12 +1,15 @@
-"""The HTTP API end to end: a real server on a free localhost port, called with urllib."""
+"""The HTTP API end to end: a real uvicorn server on a free localhost port, called with http.client."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
+import socket
 import threading
-import urllib.error
-import urllib.request
+import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -16,9 +19,13 @@ from typer.testing import CliRunner
 from search import ranking
 from search.build import build_index
 from search.cli import app
-from search.ranking import Filters, Searcher
-from search.server import SearchServer, ServerError, is_loopback, make_server
-from search.store import StoreError, open_index
+from search.errors import NoIndex
+from search.ranking import Searcher
+from search.request import Filters, SearchRequest
+from search.server import (
+    TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token,
+)
+from search.store import open_index
 
 JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
 
@@ -42,29 +49,41 @@ def idx(notes: Path, tmp_path: Path, fake_encoder) -> Path:
     return tmp_path / "idx"
 
 
+def running(srv: SearchServer):
+    """Serve `srv` on a thread until the generator is closed."""
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
 @pytest.fixture
 def server(idx: Path, fake_encoder):
-    srv = make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
-    assert not thread.is_alive()
+    yield from running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False))
 
 
-def call(srv: SearchServer, path: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, object]:
-    """(status, headers, decoded JSON body) of one request, errors included."""
-    url = f"http://127.0.0.1:{srv.server_address[1]}{path}"
-    headers = {"Host": host} if host else {}
+def call(
+    srv: SearchServer, path: str, method: str = "GET", host: str | None = None, headers: dict | None = None
+) -> tuple[int, dict, object]:
+    """(status, headers, decoded JSON body) of one request, errors included; redirects are not followed."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=10) as r:
-            return r.status, dict(r.headers), json.loads(r.read().decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        body = e.read().decode("utf-8")
-        assert "Traceback" not in body
-        return e.code, dict(e.headers), json.loads(body)
+        conn.putrequest(method, path, skip_host=True)
+        conn.putheader("Host", host if host is not None else f"127.0.0.1:{srv.server_address[1]}")
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        r = conn.getresponse()
+        body = r.read().decode("utf-8")
+    finally:
+        conn.close()
+    assert "Traceback" not in body
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(body) if body and "json" in r.getheader("content-type", "") else body
 
 
 def search(srv: SearchServer, **params) -> tuple[int, object]:
@@ -73,22 +92,21 @@ def search(srv: SearchServer, **params) -> tuple[int, object]:
 
 
 def expected(idx: Path, encoder, query: str, k: int = 5, mode: str = "hybrid", group: str = "review", filters=Filters()):
-    index = open_index(idx)
-    try:
-        return [h.as_dict() for h in Searcher(index, encoder).search(query, k=k, mode=mode, group=group, filters=filters)]
-    finally:
-        index.close()
+    with open_index(idx) as index:
+        request = SearchRequest(query, k=k, mode=ranking.Mode(mode), group=ranking.Group(group), filters=filters)
+        return [h.as_dict() for h in Searcher(index, encoder).search(request).hits]
 
 
 def test_health(server: SearchServer, idx: Path):
     status, headers, body = call(server, "/health")
-    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
-    assert body == {"status": "ok", "passages": 3, "model": "fake/trigram-64", "index": (idx / "CURRENT").read_text().strip()}
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+    assert body["status"] == "ok" and body["passages"] == 3 and body["model"] == "fake/trigram-64"
+    assert body["index"] == (idx / "CURRENT").read_text().strip()
 
 
 def test_search_matches_the_library(server: SearchServer, idx: Path, fake_encoder):
     status, headers, hits = call(server, "/search?q=hallucination&k=3&group=passage")
-    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
     assert isinstance(hits, list) and 1 <= len(hits) <= 3
     assert all(JSON_KEYS <= set(h) for h in hits)
     assert hits[0]["reviewer"] == "이영희" and "hallucination" in hits[0]["text"]
@@ -115,6 +133,38 @@ def test_filters(server: SearchServer, idx: Path, fake_encoder):
     assert search(server, q="학습", reviewer="", topic="", week="") == (200, expected(idx, fake_encoder, "학습"))
 
 
+def test_papers_is_what_list_json_prints(server: SearchServer, idx: Path, fake_model):
+    status, _, body = call(server, "/papers")
+    listed = CliRunner().invoke(app, ["list", "--index", str(idx), "--json"])
+    assert status == 200 and listed.exit_code == 0
+    assert body == json.loads(listed.stdout)
+    assert [p["topic"] for p in body["papers"]][0].startswith("Whisper")
+
+
+def test_related(server: SearchServer, idx: Path):
+    status, _, body = call(server, "/related?" + urlencode({"paper": "whisper", "k": 3}))
+    assert status == 200 and body["paper"].startswith("Whisper")
+    assert [r["topic"] for r in body["related"]] == ["LoRA: Low-Rank Adaptation of Large Language Models"]
+    assert body["related"][0]["reviewers"] == ["김철수"]
+    grouped = call(server, "/related?" + urlencode({"paper": "LoRA", "group": "paper", "reviewer": "이영희"}))[2]
+    assert [r["topic"] for r in grouped["related"]][0].startswith("Whisper")
+    assert call(server, "/related?paper=nothing-like-it")[0] == 404
+
+
+def test_passage_returns_the_whole_review(server: SearchServer, notes: Path):
+    status, _, body = call(server, "/passage?file=week3.md&line=14")
+    assert status == 200
+    assert body["reviewer"] == "이영희" and body["topic"].startswith("Whisper") and body["week"] == 3
+    assert body["path"] == str(notes / "week3.md") and body["line"] <= 14 <= body["end_line"]
+    assert [p["line"] for p in body["passages"]] == sorted(p["line"] for p in body["passages"])
+    assert "680,000시간" in body["text"] and "hallucination" in body["text"]
+    assert body["text"] == "\n\n".join(p["text"] for p in body["passages"])
+    by_path = call(server, "/passage?" + urlencode({"file": body["path"], "line": body["line"]}))[2]
+    assert by_path == body
+    assert call(server, "/passage?file=week3.md&line=1")[0] == 404
+    assert call(server, "/passage?file=nowhere.md&line=14")[0] == 404
+
+
 @pytest.mark.parametrize(
     "path, status, message",
     [
@@ -124,38 +174,61 @@ def test_filters(server: SearchServer, idx: Path, fake_encoder):
         ("/search?q=x&k=0", 400, "k takes"),
         ("/search?q=x&k=1001", 400, "k takes"),
         ("/search?q=x&k=many", 400, "k takes"),
-        ("/search?q=x&mode=magic", 400, "unknown mode"),
-        ("/search?q=x&group=paper", 400, "unknown group"),
+        ("/search?q=x&mode=magic", 400, "mode takes"),
+        ("/search?q=x&group=paper", 400, "group takes"),
         ("/search?q=x&week=nine", 400, "week takes"),
         ("/search?q=x&week=5-3", 400, "week takes"),
+        ("/search?q=x&week=99999999999999999999", 400, "week takes"),
+        ("/search?q=x&week=" + "9" * 5000, 400, "week takes"),
         ("/search?q=x&min_score=high", 400, "min_score takes"),
         ("/search?q=x&wek=3", 400, "unknown parameter 'wek'"),
         ("/search?q=x&q=y", 400, "more than once"),
+        ("/search?" + "&".join(f"q{i}=1" for i in range(40)), 400, "too many parameters"),
+        ("/health?verbose=1", 400, "unknown parameter"),
+        ("/papers?all=1", 400, "unknown parameter"),
+        ("/related", 400, "paper is empty"),
+        ("/related?paper=x&k=0", 400, "k takes"),
+        ("/related?paper=x&group=week", 400, "group takes"),
+        ("/related?paper=whisper&week=99999999999999999999", 400, "week takes"),
+        ("/passage?line=3", 400, "file is empty"),
+        ("/passage?file=week3.md&line=-1", 400, "line takes"),
+        ("/passage?file=week3.md&line=99999999999999999999", 400, "line takes"),
+        ("/passage?file=week3.md&line=%EF%BC%91", 400, "line takes"),  # a full-width digit
         ("/nowhere", 404, "no such path"),
-        ("/", 404, "no such path"),
     ],
 )
 def test_errors_are_json_and_the_server_keeps_running(server: SearchServer, path: str, status: int, message: str):
     code, headers, body = call(server, path)
-    assert code == status and headers["Content-Type"] == "application/json; charset=utf-8"
-    assert set(body) == {"error"} and message in body["error"]
+    assert code == status and headers["content-type"] == "application/json; charset=utf-8"
+    assert set(body) == {"error"} and message in body["error"], body
     assert call(server, "/health")[0] == 200
 
 
 def test_other_methods_get_a_json_error(server: SearchServer):
     code, _, body = call(server, "/search?q=x", method="POST")
-    assert code == 501 and set(body) == {"error"}
+    assert code == 405 and set(body) == {"error"}
 
 
-def test_internal_errors_hide_the_traceback(server: SearchServer, monkeypatch):
+def test_internal_errors_hide_the_traceback_and_log_it(server: SearchServer, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(ranking.Searcher, "search", broken)
-    code, _, body = call(server, "/search?q=x")
+    with caplog.at_level(logging.ERROR):
+        code, _, body = call(server, "/search?q=x")
     assert code == 500 and "secret" not in body["error"] and "internal error" in body["error"]
+    logged = [r for r in caplog.records if r.exc_info]
+    assert logged and "secret internals" in str(logged[0].exc_info[1])
     monkeypatch.undo()
     assert search(server, q="x")[0] == 200
+
+
+def test_library_errors_keep_their_status(server: SearchServer, monkeypatch):
+    def gone(*args, **kwargs):
+        raise NoIndex("no index at /somewhere")
+
+    monkeypatch.setattr(ranking.Searcher, "search", gone)
+    assert call(server, "/search?q=x")[::2] == (503, {"error": "no index at /somewhere"})
 
 
 def test_concurrent_requests_are_all_answered(server: SearchServer, idx: Path, fake_encoder):
@@ -203,7 +276,7 @@ def test_a_broken_generation_keeps_the_old_one_serving(server: SearchServer, idx
 
 
 def test_no_index_fails_at_start(tmp_path: Path, fake_encoder):
-    with pytest.raises(StoreError, match="no index at"):
+    with pytest.raises(NoIndex, match="no index at"):
         make_server(tmp_path / "none", "127.0.0.1", 0, encoder=fake_encoder)
 
 
@@ -219,10 +292,11 @@ def test_is_loopback():
 
 @pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
 def test_cli_serve(idx: Path, fake_model, monkeypatch, host: str, warned: bool):
-    def interrupted(self, poll_interval=0.5):
+    def interrupted(self):
         raise KeyboardInterrupt
 
     closed = []
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
     monkeypatch.setattr(SearchServer, "serve_forever", interrupted)
     real_close = SearchServer.server_close
     monkeypatch.setattr(SearchServer, "server_close", lambda self: closed.append(real_close(self)))
@@ -230,22 +304,34 @@ def test_cli_serve(idx: Path, fake_model, monkeypatch, host: str, warned: bool):
     assert result.exit_code == 0, result.output
     assert f"serving {idx} on http://{host}:" in result.stdout and "stopped" in result.stderr
     assert ("reachable from the network" in result.stderr) == warned
+    # off loopback a token is generated and shown once, with the address that sets the cookie
+    assert ("access token (shown once)" in result.stdout) == warned
+    assert result.stdout.count("?token=") == int(warned)
     assert closed == [None]
 
 
 def test_cli_serve_without_index_is_one_line(tmp_path: Path, fake_model):
     result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path / "none"), "--port", "0"])
-    assert result.exit_code == 2 and "no index at" in result.output
+    assert result.exit_code == 1 and "no index at" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("host, status", [("localhost:8765", 200), ("127.0.0.1", 200), ("[::1]:80", 200), ("evil.example:8765", 403), ("", 403)])
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost:8765", 200), ("127.0.0.1", 200), ("[::1]:80", 200), ("LOCALHOST", 200), ("127.9.9.9:1", 200),
+        ("evil.example:8765", 403), ("", 403), ("evil.com\\@localhost", 403), ("evil.com@localhost", 403),
+        ("localhost.evil.com", 403), ("127.0.0.1.evil.com", 403), ("localhost:80@evil.com", 403),
+        ("localhost/evil", 403), ("[::1]evil", 403), ("localhost:99999999", 403),
+    ],
+)
 def test_host_header_must_name_localhost(server, host, status):
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the notes
-    code, _, body = call(server, "/health", host=host or " ")
-    assert code == status
+    code, _, body = call(server, "/health", host=host)
+    assert code == status, host
     if status == 403:
         assert "localhost" in body["error"]
+    assert local_host_header(host) == (status == 200)
 
 
 def test_min_score_drops_weak_hits(server):
@@ -254,3 +340,115 @@ def test_min_score_drops_weak_hits(server):
     floor = all_hits[0]["dense"]
     status, strong = search(server, q="hallucination", k=5, mode="dense", group="passage", min_score=floor)
     assert status == 200 and [h["dense"] for h in strong] == [floor]
+
+
+# ---- access token (any address but loopback) ----
+
+TOKEN = "s3cret-Token_value"
+
+
+@pytest.fixture
+def open_server(idx: Path, fake_encoder):
+    """Bound to every address, so it must ask for the token (reached here through 127.0.0.1)."""
+    yield from running(make_server(idx, "0.0.0.0", 0, encoder=fake_encoder, log_requests=False, token=TOKEN))
+
+
+def test_resolve_token(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert resolve_token("127.0.0.1", None) == (None, False)
+    token, generated = resolve_token("0.0.0.0", None)
+    assert generated and len(token) >= 32 and token != resolve_token("0.0.0.0", None)[0]
+    assert resolve_token("0.0.0.0", "given") == ("given", False)
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert resolve_token("0.0.0.0", None) == ("from-env", False)
+    assert resolve_token("127.0.0.1", None) == ("from-env", False)  # asked for, so required on loopback too
+    assert resolve_token("0.0.0.0", "given") == ("given", False)
+
+
+@pytest.mark.parametrize("path", ["/health", "/search?q=LoRA", "/papers", "/", "/static/style.css", "/related?paper=LoRA"])
+def test_without_the_token_everything_is_refused(open_server, path):
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Basic " + TOKEN},
+                    {"Cookie": f"{TOKEN_COOKIE}=wrong"}):
+        code, h, body = call(open_server, path, headers=headers)
+        assert code == 401 and "token" in body["error"] and h["www-authenticate"] == "Bearer"
+    assert call(open_server, path + ("&" if "?" in path else "?") + "token=wrong")[0] == 401
+
+
+def test_the_token_opens_every_route(open_server, idx, fake_encoder):
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert call(open_server, "/health", headers=bearer)[0] == 200
+    # any Host is fine off loopback: the token is the protection there
+    assert call(open_server, "/health", host="notes.example:8765", headers=bearer)[0] == 200
+    assert call(open_server, "/search?q=LoRA", headers=bearer)[::2] == (200, expected(idx, fake_encoder, "LoRA"))
+    # ?token= is taken out before the route reads its parameters
+    assert call(open_server, f"/search?q=LoRA&token={TOKEN}")[::2] == (200, expected(idx, fake_encoder, "LoRA"))
+    assert call(open_server, f"/search?q=LoRA&token={TOKEN}&token={TOKEN}")[0] == 401
+
+
+def test_a_browser_visit_with_the_token_gets_a_cookie(open_server):
+    code, headers, _ = call(open_server, f"/?q=LoRA&token={TOKEN}", headers={"Accept": "text/html"})
+    assert code == 303 and headers["location"] == "/?q=LoRA"  # the token leaves the address bar
+    cookie = headers["set-cookie"]
+    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    code, headers, page = call(open_server, "/?q=LoRA", headers={"Accept": "text/html", "Cookie": cookie.split(";")[0]})
+    assert code == 200 and "LoRA" in page and headers["content-type"].startswith("text/html")
+
+
+# ---- connections: timeouts, limits, clients that go away ----
+
+
+def test_slow_headers_are_cut_off(idx: Path, fake_encoder):
+    # A client that never finishes its headers must not hold a connection slot forever.
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False, header_timeout=0.3)):
+        with socket.create_connection(srv.server_address, timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            started = time.monotonic()
+            assert s.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 3
+        with socket.create_connection(srv.server_address, timeout=5) as s:  # silent from the start
+            assert s.recv(1024) == b""
+        assert call(srv, "/health")[0] == 200
+
+
+def test_huge_headers_are_refused(server):
+    code, _, _ = call(server, "/health", headers={"X-Big": "a" * 64 * 1024})
+    assert code in (400, 431)
+    assert call(server, "/health")[0] == 200
+
+
+def test_a_client_hanging_up_logs_no_traceback(server, monkeypatch, caplog):
+    real = ranking.Searcher.search
+
+    def slow(self, request):
+        time.sleep(0.3)
+        return real(self, request)
+
+    monkeypatch.setattr(ranking.Searcher, "search", slow)
+    with caplog.at_level(logging.DEBUG):
+        with socket.create_connection(server.server_address, timeout=5) as s:
+            s.sendall(b"GET /search?q=LoRA HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        time.sleep(0.6)  # the answer is written to a closed connection
+        assert call(server, "/health")[0] == 200
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+def test_a_slow_search_does_not_hold_up_the_event_loop(server, monkeypatch):
+    # The service serialises index work on one thread; the server waits for it off the event loop,
+    # so what needs no index work (static files, refusals) answers while a search is running.
+    real = ranking.Searcher.search
+
+    def slow(self, request):
+        time.sleep(1.5)
+        return real(self, request)
+
+    monkeypatch.setattr(ranking.Searcher, "search", slow)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        long = pool.submit(search, server, q="LoRA")
+        time.sleep(0.2)
+        started = time.perf_counter()
+        assert call(server, "/static/style.css")[0] == 200
+        assert call(server, "/nowhere")[0] == 404
+        assert time.perf_counter() - started < 0.2
+        assert not long.done()
+        assert long.result()[0] == 200
