@@ -372,7 +372,7 @@ def create_app(
 
     routes = [*pages.routes(), *api_routes(service, pages)]
     lifespan = None
-    # ---- /mcp: MCP's streamable HTTP, behind the same Guard (host check and token) as the rest. ----
+    # ---- /mcp: MCP's streamable HTTP (search/mcp_server.py), behind the same Guard as the rest. ----
     if mcp is not None:
         routes.append(Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"]))
         lifespan = _lifespan_of(mcp)

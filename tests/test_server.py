@@ -452,3 +452,31 @@ def test_a_slow_search_does_not_hold_up_the_event_loop(server, monkeypatch):
         assert time.perf_counter() - started < 0.2
         assert not long.done()
         assert long.result()[0] == 200
+
+
+def test_mcp_is_mounted_behind_the_same_guard(idx: Path, fake_encoder):
+    """/mcp (search/mcp_server.py) answers the SDK's client with the token and refuses without it."""
+    pytest.importorskip("search.mcp_server", reason="search/mcp_server.py is not part of this tree yet")
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def tools(url: str, headers: dict) -> set[str]:
+        async with httpx2.AsyncClient(headers=headers) as http:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                return {t.name for t in (await client.list_tools()).tools}
+
+    listing = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    for srv in running(make_server(idx, "0.0.0.0", 0, encoder=fake_encoder, log_requests=False, token=TOKEN)):
+        url = f"http://127.0.0.1:{srv.server_address[1]}/mcp"
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+        conn.request("POST", "/mcp", body=listing, headers=accept)
+        assert conn.getresponse().status == 401
+        conn.close()
+        assert "search" in asyncio.run(tools(url, {"Authorization": f"Bearer {TOKEN}"}))
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
+        assert call(srv, "/mcp", method="POST", host="evil.example", headers=accept)[0] == 403
+        assert "search" in asyncio.run(tools(f"http://127.0.0.1:{srv.server_address[1]}/mcp", {}))
