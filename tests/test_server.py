@@ -515,3 +515,60 @@ def test_a_long_query_does_not_hold_up_short_ones(idx: Path, concurrent: bool):
             assert not long.done()
             status, hits = long.result()
         assert status == 200 and hits[0]["topic"].startswith("Whisper")
+
+
+# ---- the page's HTML, without a browser (tests/test_page.py drives chromium) ----
+
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+HOSTILE = """# 📚 5주차
+
+### 주제 1: <img src=x onerror=alert(1)> Prompt Injection
+- **발표자**: <b>악당</b>
+
+### 리뷰 1
+- **리뷰어**: 최지우
+
+프롬프트 주입 공격은 <script>alert("x")</script> 같은 문자열을 문서에 숨긴다. & 기호도 그대로 보여야 한다.
+
+---
+"""
+
+
+def test_page_marks_terms_and_escapes_the_notes(server, notes, idx, fake_encoder):
+    (notes / "week5.md").write_text(HOSTILE, encoding="utf-8")
+    build_index([notes], idx, fake_encoder)
+    code, headers, page = call(server, "/?" + urlencode({"q": "프롬프트 주입 공격"}), headers=HTML)
+    assert code == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert '<html lang="ko">' in page and "Noto Sans KR" not in page  # the fonts live in the CSS file
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt; Prompt Injection" in page
+    assert "<b>악당</b>" not in page and "&lt;b&gt;악당&lt;/b&gt;" in page
+    assert "<mark>프롬프트</mark>" in page and "&amp; 기호" in page
+    # the filters offer what the index holds
+    assert '<option value="최지우"' in page and '<option value="5"' in page
+    for path in ("/papers", "/related?paper=Prompt", "/passage?file=week5.md&line=9"):
+        code, headers, page = call(server, path, headers=HTML)
+        assert code == 200 and headers["content-type"] == "text/html; charset=utf-8", path
+        assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page, path
+
+
+def test_page_errors_are_pages(server):
+    code, headers, page = call(server, "/?q=x&week=5-3", headers=HTML)
+    assert code == 400 and headers["content-type"].startswith("text/html") and "week takes" in page
+    assert 'value="x"' in page  # the form keeps the query
+    code, _, page = call(server, "/passage?file=nowhere.md&line=3", headers=HTML)
+    assert code == 404 and "no indexed review" in page and "<!doctype html>" in page
+    code, _, page = call(server, "/nowhere", headers=HTML)
+    assert code == 404 and "no such path" in page
+    code, _, page = call(server, "/?wek=3", headers=HTML)
+    assert code == 400 and "unknown parameter" in page
+
+
+def test_static_files_and_security_headers(server):
+    code, headers, css = call(server, "/static/style.css")
+    assert code == 200 and headers["content-type"].startswith("text/css") and "Noto Sans KR" in css
+    assert "Apple SD Gothic Neo" in css and "Malgun Gothic" in css
+    code, headers, _ = call(server, "/", headers=HTML)
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
+    assert call(server, "/static/../search/server.py")[0] == 404
