@@ -256,9 +256,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", help="Access token to require (default: $REVIEW_SEARCH_TOKEN; generated when not on loopback)."),
 ) -> None:
     """Serve the search page at / and the JSON API (/search, /related, /papers, /passage, /health), keeping the index and model loaded."""
-    import logging
-
-    from .server import ServerError, is_loopback, make_server, resolve_token
+    from .server import ServerError, is_loopback, log_to_stderr, make_server, resolve_token
 
     token, generated = resolve_token(host, token)
     with clean_errors():
@@ -266,7 +264,7 @@ def serve(
             server = make_server(index_dir, host, port, token=token)
         except ServerError as e:
             fail(str(e))
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    log_to_stderr()
     if not is_loopback(host):
         typer.echo(f"warning: listening on {host} makes the notes reachable from the network", err=True)
     address = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"

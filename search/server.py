@@ -400,6 +400,20 @@ def _mcp_for(service: SearchService, host: str) -> Any | None:
     return mcp_asgi(service, host=host)
 
 
+def log_to_stderr() -> None:
+    """Send the server's log (start-up, access lines, logged errors) to stderr, one plain line each.
+
+    Set on uvicorn's own logger: imported libraries may already have put a
+    handler on the root logger, which would make logging.basicConfig a no-op.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("uvicorn")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
 class _Protocol(H11Protocol):
     """uvicorn's h11 protocol plus a deadline for each request's line and headers.
 

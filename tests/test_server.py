@@ -298,6 +298,9 @@ def test_cli_serve(idx: Path, fake_model, monkeypatch, host: str, warned: bool):
 
     closed = []
     monkeypatch.delenv(TOKEN_ENV, raising=False)
+    uvicorn_log = logging.getLogger("uvicorn")  # serve sends it to stderr; put it back afterwards
+    for name in ("handlers", "level", "propagate"):
+        monkeypatch.setattr(uvicorn_log, name, getattr(uvicorn_log, name))
     monkeypatch.setattr(SearchServer, "serve_forever", interrupted)
     real_close = SearchServer.server_close
     monkeypatch.setattr(SearchServer, "server_close", lambda self: closed.append(real_close(self)))
@@ -309,6 +312,7 @@ def test_cli_serve(idx: Path, fake_model, monkeypatch, host: str, warned: bool):
     assert ("access token (shown once)" in result.stdout) == warned
     assert result.stdout.count("?token=") == int(warned)
     assert closed == [None]
+    assert not uvicorn_log.propagate and uvicorn_log.level == logging.INFO
 
 
 def test_cli_serve_without_index_is_one_line(tmp_path: Path, fake_model):
@@ -425,6 +429,7 @@ def test_a_client_hanging_up_logs_no_traceback(server, monkeypatch, caplog):
         return real(self, request)
 
     monkeypatch.setattr(ranking.Searcher, "search", slow)
+    assert logging.getLogger("uvicorn").propagate  # so caplog would see a logged traceback
     with caplog.at_level(logging.DEBUG):
         with socket.create_connection(server.server_address, timeout=5) as s:
             s.sendall(b"GET /search?q=LoRA HTTP/1.1\r\nHost: localhost\r\n\r\n")
