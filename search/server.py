@@ -38,9 +38,10 @@ import re
 import secrets
 import socket
 import threading
+from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
 
 import h11
@@ -50,7 +51,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -59,6 +60,9 @@ from .errors import BadRequest, ReviewSearchError
 from .related import RelatedGroup
 from .request import MAX_K, Filters, SearchRequest
 from .service import SearchService
+
+if TYPE_CHECKING:
+    from .web import Pages
 
 log = logging.getLogger("uvicorn.error")
 
@@ -302,8 +306,8 @@ def answer(endpoint: Handler, page: Callable[[Request, int, str], Response] | No
     return run
 
 
-def api_routes(service: SearchService, pages: Any | None) -> list[Route]:
-    """The JSON API; /papers, /related and /passage hand browsers to `pages` (search.web.Pages) when given."""
+def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
+    """The JSON API; /papers, /related and /passage hand browsers to `pages`, the HTML side."""
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
         # The service runs index work on its own thread; waiting here keeps the event loop free.
@@ -319,7 +323,7 @@ def api_routes(service: SearchService, pages: Any | None) -> list[Route]:
 
     async def papers(request: Request) -> Response:
         query_params(request, ())
-        if pages is not None and wants_html(request):
+        if wants_html(request):
             return await pages.papers(request)
         status, listed = await call(service.status), await call(service.papers)
         return _json(200, {
@@ -329,24 +333,23 @@ def api_routes(service: SearchService, pages: Any | None) -> list[Route]:
 
     async def related(request: Request) -> Response:
         q = RelatedQuery.parse(query_params(request, RELATED_PARAMS))
-        if pages is not None and wants_html(request):
+        if wants_html(request):
             return await pages.related(request, q)
         title, entries = await call(service.related, q.paper, q.k, q.group, q.filters)
         return _json(200, {"paper": title, "related": [e.as_dict() for e in entries]})
 
     async def passage(request: Request) -> Response:
         file, line = parse_passage(query_params(request, PASSAGE_PARAMS))
-        if pages is not None and wants_html(request):
+        if wants_html(request):
             return await pages.review(request, file, line)
         return _json(200, review_dict(await call(service.review, file, line)))
 
-    error_page = pages.error if pages is not None else None
     return [
         Route("/search", answer(search)),
         Route("/health", answer(health)),
-        Route("/papers", answer(papers, error_page)),
-        Route("/related", answer(related, error_page)),
-        Route("/passage", answer(passage, error_page)),
+        Route("/papers", answer(papers, pages.error)),
+        Route("/related", answer(related, pages.error)),
+        Route("/passage", answer(passage, pages.error)),
     ]
 
 
@@ -358,7 +361,7 @@ def create_app(
     `mcp` is what `search.mcp_server.mcp_asgi(service)` returns (an ASGI app and
     the lifespan its session manager needs), or None to serve no /mcp.
     """
-    from .web import Pages
+    from .web import Pages  # here, because search.web builds on this module
 
     pages = Pages(service)
 
@@ -381,8 +384,6 @@ def create_app(
 
 
 def _lifespan_of(mcp: Any):
-    from contextlib import asynccontextmanager
-
     @asynccontextmanager
     async def lifespan(app: Starlette):
         async with mcp.lifespan():
@@ -395,7 +396,9 @@ def _mcp_for(service: SearchService, host: str) -> Any | None:
     """MCP over HTTP from search/mcp_server.py; None until that module is part of the package."""
     try:
         from .mcp_server import mcp_asgi
-    except ImportError:
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.mcp_server":
+            raise  # the module is there but something it needs is not: say so
         return None
     return mcp_asgi(service, host=host)
 
