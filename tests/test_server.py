@@ -16,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from search import ranking
+from conftest import SAMPLE_WEEK
 from fakes import FakeEncoder
 from search.build import build_index
 from search.cli import app
@@ -65,6 +66,21 @@ def running(srv: SearchServer):
 @pytest.fixture
 def server(idx: Path, fake_encoder):
     yield from running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False))
+
+
+def sample_index(tmp_path_factory) -> Path:
+    """The sample week indexed with the fake model, for module-scoped servers."""
+    notes = tmp_path_factory.mktemp("notes")
+    (notes / "week3.md").write_text(SAMPLE_WEEK, encoding="utf-8")
+    build_index([notes], notes.parent / f"{notes.name}-idx", FakeEncoder())
+    return notes.parent / f"{notes.name}-idx"
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the many read-only cases (each server takes ~0.2 s to stop)."""
+    index = sample_index(tmp_path_factory)
+    yield from running(make_server(index, "127.0.0.1", 0, encoder=FakeEncoder(), log_requests=False))
 
 
 def call(
@@ -197,11 +213,11 @@ def test_passage_returns_the_whole_review(server: SearchServer, notes: Path):
         ("/nowhere", 404, "no such path"),
     ],
 )
-def test_errors_are_json_and_the_server_keeps_running(server: SearchServer, path: str, status: int, message: str):
-    code, headers, body = call(server, path)
+def test_errors_are_json_and_the_server_keeps_running(shared_server: SearchServer, path: str, status: int, message: str):
+    code, headers, body = call(shared_server, path)
     assert code == status and headers["content-type"] == "application/json; charset=utf-8"
     assert set(body) == {"error"} and message in body["error"], body
-    assert call(server, "/health")[0] == 200
+    assert call(shared_server, "/health")[0] == 200
 
 
 def test_other_methods_get_a_json_error(server: SearchServer):
@@ -329,9 +345,9 @@ def test_cli_serve_without_index_is_one_line(tmp_path: Path, fake_model):
         ("localhost/evil", 403), ("[::1]evil", 403), ("localhost:99999999", 403),
     ],
 )
-def test_host_header_must_name_localhost(server, host, status):
+def test_host_header_must_name_localhost(shared_server, host, status):
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the notes
-    code, _, body = call(server, "/health", host=host)
+    code, _, body = call(shared_server, "/health", host=host)
     assert code == status, host
     if status == 403:
         assert "localhost" in body["error"]
@@ -351,10 +367,11 @@ def test_min_score_drops_weak_hits(server):
 TOKEN = "s3cret-Token_value"
 
 
-@pytest.fixture
-def open_server(idx: Path, fake_encoder):
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory):
     """Bound to every address, so it must ask for the token (reached here through 127.0.0.1)."""
-    yield from running(make_server(idx, "0.0.0.0", 0, encoder=fake_encoder, log_requests=False, token=TOKEN))
+    index = sample_index(tmp_path_factory)
+    yield from running(make_server(index, "0.0.0.0", 0, encoder=FakeEncoder(), log_requests=False, token=TOKEN))
 
 
 def test_resolve_token(monkeypatch):
@@ -378,14 +395,14 @@ def test_without_the_token_everything_is_refused(open_server, path):
     assert call(open_server, path + ("&" if "?" in path else "?") + "token=wrong")[0] == 401
 
 
-def test_the_token_opens_every_route(open_server, idx, fake_encoder):
+def test_the_token_opens_every_route(open_server, fake_encoder):
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     assert call(open_server, "/health", headers=bearer)[0] == 200
     # any Host is fine off loopback: the token is the protection there
     assert call(open_server, "/health", host="notes.example:8765", headers=bearer)[0] == 200
-    assert call(open_server, "/search?q=LoRA", headers=bearer)[::2] == (200, expected(idx, fake_encoder, "LoRA"))
+    assert call(open_server, "/search?q=LoRA", headers=bearer)[::2] == (200, expected(open_server.service.index_dir, fake_encoder, "LoRA"))
     # ?token= is taken out before the route reads its parameters
-    assert call(open_server, f"/search?q=LoRA&token={TOKEN}")[::2] == (200, expected(idx, fake_encoder, "LoRA"))
+    assert call(open_server, f"/search?q=LoRA&token={TOKEN}")[::2] == (200, expected(open_server.service.index_dir, fake_encoder, "LoRA"))
     assert call(open_server, f"/search?q=LoRA&token={TOKEN}&token={TOKEN}")[0] == 401
 
 
