@@ -431,6 +431,21 @@ def test_slow_headers_are_cut_off(idx: Path, fake_encoder):
         assert call(srv, "/health")[0] == 200
 
 
+def test_connections_beyond_the_limit_are_turned_away(server):
+    # Bounded concurrency: past MAX_CONCURRENCY open connections a request gets 503 at once, not a queue.
+    from search.server import MAX_CONCURRENCY
+
+    held = [socket.create_connection(server.server_address, timeout=5) for _ in range(MAX_CONCURRENCY)]
+    try:
+        time.sleep(0.2)
+        assert call(server, "/health")[0] == 503
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    assert call(server, "/health")[0] == 200
+
+
 def test_huge_headers_are_refused(server):
     code, _, _ = call(server, "/health", headers={"X-Big": "a" * 64 * 1024})
     assert code in (400, 431)
