@@ -24,7 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.store import current_generation_or_none  # noqa: E402
+from search.store import live_generation  # noqa: E402
 from search.server import make_server  # noqa: E402
 
 QUERIES = [
@@ -83,7 +83,7 @@ def main() -> int:
                 return 2
             index_dir = Path(tmp) / "idx"
             encoder = fake_index(args.corpus, index_dir)
-        elif current_generation_or_none(index_dir) is None:
+        elif live_generation(index_dir) is None:
             print(
                 f"no index at {index_dir}; build one with\n"
                 f"  review-search index {args.corpus} --index {index_dir}\n"

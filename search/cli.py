@@ -292,19 +292,22 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback exposes the notes to the network."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
     watch: bool = WatchOpt,
+    token: Optional[str] = typer.Option(None, "--token", help="Access token to require (default: $REVIEW_SEARCH_TOKEN; generated when not on loopback)."),
 ) -> None:
-    """Answer searches over HTTP as JSON (GET /search?q=..., GET /health), keeping the index and model loaded."""
-    from .server import ServerError, is_loopback, make_server
+    """Serve the search page at / and the JSON API (/search, /related, /papers, /passage, /health), keeping the index and model loaded."""
+    from .server import is_loopback, log_to_stderr, make_server, resolve_token
 
-    with clean_errors():
-        try:
-            server = make_server(index_dir, host, port)
-        except ServerError as e:
-            fail(str(e))
+    token, generated = resolve_token(host, token)
+    with clean_errors(index_dir):
+        server = make_server(index_dir, host, port, token=token)
+    log_to_stderr()
     if not is_loopback(host):
         typer.echo(f"warning: listening on {host} makes the notes reachable from the network", err=True)
     watcher = _watch_in_background(index_dir) if watch else None
-    typer.echo(f"serving {index_dir} on http://{host}:{server.server_address[1]}")
+    address = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
+    typer.echo(f"serving {index_dir} on {address}")
+    if generated:
+        typer.echo(f"access token (shown once): {token}\nopen {address}/?token={token}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

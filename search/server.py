@@ -1,50 +1,98 @@
-"""`review-search serve`: a small JSON API over HTTP that keeps the index and model loaded.
+"""`review-search serve`: the JSON API, the search page and MCP over HTTP, on Starlette under uvicorn.
 
-A one-shot `query` pays for loading the model and the index on every call; the
-server pays once and then answers in milliseconds.
+One loaded `SearchService` answers everything, so the model and the index are
+paid for once.
 
     GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5&min_score=0.8
-        200, a JSON array of hits, each the object `query --json` prints
-    GET /health
-        200, {"status": "ok", "passages": N, "model": "...", "index": "<generation folder>"}
+        the JSON array of hits `query --json` prints
+    GET /related?paper=...&k=5&group=review|paper&reviewer=&topic=&week=
+        {"paper": title, "related": [...]}, as `related --json`
+    GET /papers       what `list --json` prints
+    GET /passage?file=...&line=N
+        the review covering that line, whole, with its metadata
+    GET /health       {"status": "ok", "passages": N, "model": ..., "index": <generation>, ...}
+    GET /             the search page (search/web); /papers, /related and /passage
+                      answer in HTML when the browser asks for it (Accept: text/html)
+    /mcp              MCP's streamable HTTP (search/mcp_server.py), when that module is present
 
-Every error is a JSON object {"error": "..."}: 400 for bad parameters, 404 for
-an unknown path, 501 for methods other than GET, 500 when the index or model
-fails. Empty `reviewer`, `topic` and `week` values mean "no filter", as an
-HTML form sends unfilled fields.
+Errors are {"error": "..."} with the status of the library's error family
+(400 bad input, 404 unknown paper or passage, 503 no index...); anything
+unexpected is logged with its traceback and answered with a generic 500.
+Unknown or repeated parameters are a 400. Blank `reviewer`, `topic` and
+`week` mean "no filter", as an HTML form sends unfilled fields.
 
-Threads: ThreadingHTTPServer answers each request on its own thread, but an
-Index's SQLite connection may only be used by the thread that opened it, and
-the encoder and the lexical index promise nothing either. All index work
-therefore runs on one dedicated worker thread; searches are serialised, which
-costs little when each takes milliseconds.
-
-Rebuilds: before each request the worker reads the index folder's `CURRENT`
-pointer (a few bytes) and reopens the index when it names a new generation,
-so `review-search index` can add a week while the server runs. If the new
-generation cannot be opened, the server keeps answering from the one it has.
+Who may ask (see `Guard`): bound to loopback, only requests addressed to a
+loopback name are answered (a page on another site can point its domain at
+127.0.0.1 and read the notes; its requests carry that domain). Bound to any
+other address, every route needs the access token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import ipaddress
-import json
-import sys
-import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import logging
+import os
+import re
+import secrets
+import socket
+import threading
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
-from urllib.parse import parse_qsl, urlsplit
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from urllib.parse import parse_qsl, urlencode
+
+import h11
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .embedding import Encoder
 from .errors import BadRequest, ReviewSearchError
-from .request import SearchRequest
+from .related import RelatedGroup
+from .request import MAX_K, Filters, SearchRequest
 from .service import SearchService
 
+if TYPE_CHECKING:
+    from .web import Pages
+
+log = logging.getLogger("uvicorn.error")
+
 SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score")
+RELATED_PARAMS = ("paper", "k", "group", "reviewer", "topic", "week")
+PASSAGE_PARAMS = ("file", "line")
+MAX_LINE = 10_000_000  # no note has more lines than this; bounds what reaches SQLite
+
+TOKEN_ENV = "REVIEW_SEARCH_TOKEN"
+TOKEN_COOKIE = "review_search_token"
+
+# Connection limits (issue #10): a client may keep an idle connection this long,
+# must finish sending its request line and headers within HEADER_TIMEOUT, may
+# send at most MAX_HEADER_BYTES of them (h11 and Guard), and beyond MAX_CONCURRENCY open
+# connections or requests the server answers 503 at once instead of queueing.
+KEEP_ALIVE_TIMEOUT = 5
+HEADER_TIMEOUT = 10.0
+MAX_HEADER_BYTES = 16 * 1024
+MAX_CONCURRENCY = 64
+
+SECURITY_HEADERS = [
+    (b"content-security-policy",
+     b"default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"no-referrer"),  # a ?token= URL must not leak to other sites
+    (b"x-frame-options", b"DENY"),
+]
 
 
-class ServerError(Exception):
+class ServerError(ReviewSearchError):
     """The server cannot start (the address is taken or cannot be resolved)."""
 
 
@@ -58,108 +106,417 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _local_host_header(host: str) -> bool:
-    """True when a Host header names this machine by a loopback name or address."""
-    try:
-        name = urlsplit(f"//{host}").hostname
-    except ValueError:
+_HOST_HEADER = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::\d{1,5})?")
+
+
+def local_host_header(value: str) -> bool:
+    """True when a Host header is exactly a loopback name or address, with an optional port.
+
+    Parsed strictly rather than with a URL parser: `evil.com\\@localhost` is a
+    URL whose host is localhost, but as a Host header it names evil.com.
+    """
+    m = _HOST_HEADER.fullmatch(value)
+    if m is None:
         return False
-    return name is not None and is_loopback(name)
+    return is_loopback(m["v6"] or m["name"].lower().rstrip("."))
 
 
-def parse_search(query_string: str) -> SearchRequest:
-    """The request of a /search query string; raises BadRequest."""
+def resolve_token(host: str, given: str | None) -> tuple[str | None, bool]:
+    """The access token to require and whether it was generated here.
+
+    `given` (from --token) wins, then $REVIEW_SEARCH_TOKEN; either one turns
+    the check on even on loopback. Without them, a loopback server needs no
+    token and any other gets a fresh random one, which the caller must show.
+    """
+    token = given or os.environ.get(TOKEN_ENV) or None
+    if token is not None or is_loopback(host):
+        return token, False
+    return secrets.token_urlsafe(24), True
+
+
+class _JSON(JSONResponse):
+    media_type = "application/json; charset=utf-8"  # Starlette adds the charset to text/* only
+
+
+def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> JSONResponse:
+    return _JSON(payload, status_code=status, headers=headers)
+
+
+def wants_html(request: Request) -> bool:
+    """Whether the client is a browser asking for a page rather than a program asking for JSON."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+class Guard:
+    """ASGI middleware in front of every route (page, API, static files, /mcp): host check and access token.
+
+    The token is accepted as `Authorization: Bearer`, as a `token` query
+    parameter (a browser's first visit, which is then redirected to the same
+    URL without it) or from the HttpOnly SameSite cookie that visit sets.
+    """
+
+    def __init__(self, app: ASGIApp, *, loopback: bool, token: str | None):
+        self.app = app
+        self.loopback = loopback
+        self.token = token.encode() if token else None
+
+    def _valid(self, candidate: str | None) -> bool:
+        return candidate is not None and hmac.compare_digest(candidate.encode(), self.token or b"")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope.get("headers", [])) > MAX_HEADER_BYTES:
+            # h11's own limit only applies while headers arrive in pieces
+            await _json(431, {"error": "request headers too large"})(scope, receive, send)
+            return
+        request = Request(scope)
+        if self.loopback and not local_host_header(request.headers.get("host", "")):
+            await _json(403, {"error": "this server answers only requests addressed to localhost"})(scope, receive, send)
+            return
+        if self.token is not None:
+            pairs = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+            from_url = [v for k, v in pairs if k == "token"]
+            if from_url:
+                # Strip it in place, so routes see their own parameters and the access log never shows it.
+                scope["query_string"] = urlencode([(k, v) for k, v in pairs if k != "token"]).encode()
+            auth = request.headers.get("authorization", "")
+            bearer = auth[7:].strip() if auth[:7].lower() == "bearer " else None
+            cookie = request.cookies.get(TOKEN_COOKIE)
+            if not (self._valid(bearer) or self._valid(cookie) or (len(from_url) == 1 and self._valid(from_url[0]))):
+                await _json(
+                    401, {"error": "an access token is required: open the address `serve` printed, "
+                                   "or send `Authorization: Bearer TOKEN`"},
+                    {"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send)
+                return
+            if from_url and scope["type"] == "http" and scope["method"] in ("GET", "HEAD") and wants_html(request):
+                query = scope["query_string"].decode()
+                response = RedirectResponse(scope["path"] + (f"?{query}" if query else ""), status_code=303)
+                response.set_cookie(TOKEN_COOKIE, from_url[0], httponly=True, samesite="strict", path="/")
+                await response(scope, receive, send)
+                return
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                names = {name.lower() for name, _ in message.get("headers", [])}
+                message["headers"] = list(message.get("headers", [])) + [h for h in SECURITY_HEADERS if h[0] not in names]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def query_params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """The request's query parameters; unknown or repeated ones raise BadRequest."""
     try:
-        pairs = parse_qsl(query_string, keep_blank_values=True, max_num_fields=len(SEARCH_PARAMS) * 2)
+        pairs = parse_qsl(request.url.query, keep_blank_values=True, max_num_fields=max(len(allowed), 1) * 2)
     except ValueError:
         raise BadRequest("too many parameters") from None
     params: dict[str, str] = {}
     for name, value in pairs:
-        if name not in SEARCH_PARAMS:
-            raise BadRequest(f"unknown parameter {name!r}; /search takes {', '.join(SEARCH_PARAMS)}")
+        if name not in allowed:
+            raise BadRequest(f"unknown parameter {name!r}; {request.url.path} takes {', '.join(allowed)}")
         if name in params:
             raise BadRequest(f"parameter {name!r} given more than once")
         params[name] = value
-    return SearchRequest.parse(
-        params.get("q"), params.get("k"), params.get("mode"), params.get("group"),
-        params.get("reviewer"), params.get("topic"), params.get("week"), params.get("min_score"),
-    )
+    return params
 
 
-class Handler(BaseHTTPRequestHandler):
-    """Answers GET /search and GET /health; every response, errors included, is JSON."""
+def parse_search(params: dict[str, str]) -> SearchRequest:
+    """The search request of /search (and the page) parameters; raises BadRequest."""
+    return SearchRequest.parse(*(params.get(name) for name in SEARCH_PARAMS))
 
-    server: "SearchServer"
-    server_version = "review-search"
 
-    def do_GET(self) -> None:
-        """Route the request; failures become JSON errors and never reach the client as tracebacks."""
-        url = urlsplit(self.path)
-        if is_loopback(self.server.server_address[0]) and not _local_host_header(self.headers.get("Host", "")):
-            # A web page on another site can point its own domain at 127.0.0.1 (DNS
-            # rebinding) and read the notes; its requests carry that domain here.
-            self._send(403, {"error": "this server answers only requests addressed to localhost"})
-            return
-        service = self.server.service
-        routes: dict[str, Callable[[], Any]] = {
-            "/search": lambda: [h.as_dict() for h in service.search(parse_search(url.query)).hits],
-            "/health": service.status,
-        }
-        route = routes.get(url.path)
-        if route is None:
-            self._send(404, {"error": f"no such path {url.path!r}; use /search?q=... or /health"})
-            return
+def _whole(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
+    if value is None or not value.strip():
+        return default
+    v = value.strip()
+    if not (v.isascii() and v.isdigit() and len(v) <= 12 and lo <= int(v) <= hi):
+        raise BadRequest(f"{name} takes a whole number from {lo} to {hi}, not {value!r}")
+    return int(v)
+
+
+@dataclass(frozen=True)
+class RelatedQuery:
+    """A validated /related request."""
+
+    paper: str
+    k: int
+    group: RelatedGroup
+    filters: Filters
+
+    @classmethod
+    def parse(cls, params: dict[str, str]) -> "RelatedQuery":
+        paper = (params.get("paper") or "").strip()
+        if not paper:
+            raise BadRequest("paper is empty; give a paper's title, part of it or its acronym")
+        group = (params.get("group") or "").strip().lower() or RelatedGroup.REVIEW.value
+        if group not in {g.value for g in RelatedGroup}:
+            raise BadRequest(f"group takes one of {', '.join(g.value for g in RelatedGroup)}, not {group!r}")
+        return cls(
+            paper=paper,
+            k=_whole(params.get("k"), "k", 5, 1, MAX_K),
+            group=RelatedGroup(group),
+            filters=Filters.parse(params.get("reviewer"), params.get("topic"), params.get("week")),
+        )
+
+
+def parse_passage(params: dict[str, str]) -> tuple[str, int]:
+    """(file, line) of a /passage request; raises BadRequest."""
+    file = (params.get("file") or "").strip()
+    if not file:
+        raise BadRequest("file is empty; give the file (or path) and line a hit shows")
+    return file, _whole(params.get("line"), "line", 1, 1, MAX_LINE)
+
+
+def review_dict(passages: list) -> dict:
+    """A whole review as JSON: its metadata, its text and its passages with their lines."""
+    first, last = passages[0], passages[-1]
+    return {
+        "file": first.file, "path": first.path, "line": first.line, "end_line": last.end_line,
+        "week": first.week, "topic_no": first.topic_no, "topic": first.topic, "presenter": first.presenter,
+        "review_no": first.review_no, "reviewer": first.reviewer,
+        "text": "\n\n".join(p.text for p in passages),
+        "passages": [{"line": p.line, "end_line": p.end_line, "text": p.text} for p in passages],
+    }
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def answer(endpoint: Handler, page: Callable[[Request, int, str], Response] | None = None) -> Handler:
+    """Wrap an endpoint: library errors become their status with the message, anything else a logged 500.
+
+    `page` renders errors for browsers (the HTML routes); everything else gets JSON.
+    """
+
+    async def run(request: Request) -> Response:
         try:
-            status, payload = 200, route()
+            return await endpoint(request)
         except ReviewSearchError as e:
-            status, payload = e.status, {"error": str(e)}
+            status, message = e.status, str(e)
         except Exception:
-            self.log_error("internal error on %s\n%s", self.path, traceback.format_exc())
-            status, payload = 500, {"error": "internal error; the server log has the details"}
-        self._send(status, payload)
+            log.exception("internal error on %s %s", request.method, request.url.path)
+            status, message = 500, "internal error; the server log has the details"
+        if page is not None and wants_html(request):
+            return page(request, status, message)
+        return _json(status, {"error": message})
 
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Errors the base class raises itself (unsupported method, malformed request) as JSON too."""
-        self.close_connection = True
-        self._send(code, {"error": message or self.responses.get(code, ("error",))[0]})
-
-    def _send(self, status: int, payload: Any) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """The access log line, unless the server was made with log_requests=False."""
-        if self.server.log_requests:
-            super().log_request(code, size)
+    return run
 
 
-class SearchServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer whose handlers search one index through a SearchService."""
+def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
+    """The JSON API; /papers, /related and /passage hand browsers to `pages`, the HTML side."""
 
-    def __init__(self, address: tuple[str, int], index_dir: Path | str, encoder: Encoder | None, log_requests: bool):
-        self.log_requests = log_requests
-        self.service: SearchService | None = None  # server_close runs before it exists when binding fails
+    async def call(fn: Callable[..., Any], *args: Any) -> Any:
+        # The service runs index work on its own thread; waiting here keeps the event loop free.
+        return await run_in_threadpool(fn, *args)
+
+    async def search(request: Request) -> Response:
+        result = await call(service.search, parse_search(query_params(request, SEARCH_PARAMS)))
+        return _json(200, [h.as_dict() for h in result.hits])
+
+    async def health(request: Request) -> Response:
+        query_params(request, ())
+        return _json(200, await call(service.status))
+
+    async def papers(request: Request) -> Response:
+        query_params(request, ())
+        if wants_html(request):
+            return await pages.papers(request)
+        status, listed = await call(service.status), await call(service.papers)
+        return _json(200, {
+            "model": status["model"], "created": status["created"], "files": status["files"],
+            "reviews": status["reviews"], "passages": status["passages"], "papers": [asdict(p) for p in listed],
+        })
+
+    async def related(request: Request) -> Response:
+        q = RelatedQuery.parse(query_params(request, RELATED_PARAMS))
+        if wants_html(request):
+            return await pages.related(request, q)
+        title, entries = await call(service.related, q.paper, q.k, q.group, q.filters)
+        return _json(200, {"paper": title, "related": [e.as_dict() for e in entries]})
+
+    async def passage(request: Request) -> Response:
+        file, line = parse_passage(query_params(request, PASSAGE_PARAMS))
+        if wants_html(request):
+            return await pages.review(request, file, line)
+        return _json(200, review_dict(await call(service.review, file, line)))
+
+    return [
+        Route("/search", answer(search)),
+        Route("/health", answer(health)),
+        Route("/papers", answer(papers, pages.error)),
+        Route("/related", answer(related, pages.error)),
+        Route("/passage", answer(passage, pages.error)),
+    ]
+
+
+def create_app(
+    service: SearchService, *, loopback: bool = True, token: str | None = None, mcp: Any | None = None
+) -> ASGIApp:
+    """The whole server as one ASGI app: page, API, static files and `mcp`, all behind `Guard`.
+
+    `mcp` is what `search.mcp_server.mcp_asgi(service)` returns (an ASGI app and
+    the lifespan its session manager needs), or None to serve no /mcp.
+    """
+    from .web import Pages  # here, because search.web builds on this module
+
+    pages = Pages(service)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        message = (f"no such path {request.url.path!r}; try /, /search?q=..., /papers or /health"
+                   if exc.status_code == 404 else exc.detail)
+        if wants_html(request):
+            return pages.error(request, exc.status_code, message)
+        return _json(exc.status_code, {"error": message}, getattr(exc, "headers", None))
+
+    routes = [*pages.routes(), *api_routes(service, pages)]
+    lifespan = None
+    # ---- /mcp: MCP's streamable HTTP (search/mcp_server.py), behind the same Guard as the rest. ----
+    if mcp is not None:
+        routes.append(Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"]))
+        lifespan = _lifespan_of(mcp)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    return Guard(app, loopback=loopback, token=token)
+
+
+def _lifespan_of(mcp: Any):
+    @asynccontextmanager
+    async def lifespan(app: Starlette):
+        async with mcp.lifespan():
+            yield
+
+    return lifespan
+
+
+def _mcp_for(service: SearchService, host: str) -> Any | None:
+    """MCP over HTTP from search/mcp_server.py; None until that module is part of the package."""
+    try:
+        from .mcp_server import mcp_asgi
+    except ModuleNotFoundError as e:
+        if e.name != f"{__package__}.mcp_server":
+            raise  # the module is there but something it needs is not: say so
+        return None
+    return mcp_asgi(service, host=host)
+
+
+def log_to_stderr() -> None:
+    """Send the server's log (start-up, access lines, logged errors) to stderr, one plain line each.
+
+    Set on uvicorn's own logger: imported libraries may already have put a
+    handler on the root logger, which would make logging.basicConfig a no-op.
+    """
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger("uvicorn")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+class _Protocol(H11Protocol):
+    """uvicorn's h11 protocol plus a deadline for each request's line and headers.
+
+    uvicorn times out idle keep-alive connections but not a client that sends
+    its headers a byte at a time; without this, a few such clients would hold
+    every connection slot.
+    """
+
+    header_timeout = HEADER_TIMEOUT
+    _deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:
+            self._arm()  # part of a request line or headers: the clock runs
+        else:
+            self._disarm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is None and not self.transport.is_closing():
+            self._deadline = self.loop.call_later(self.header_timeout, self._late)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _late(self) -> None:
+        self._deadline = None
+        busy = self.cycle is not None and not self.cycle.response_complete
+        if self.conn.their_state is h11.IDLE and not busy:
+            self.transport.close()
+
+
+class SearchServer:
+    """A bound socket, a loaded SearchService and the uvicorn server that joins them."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        index_dir: Path | str,
+        encoder: Encoder | None,
+        log_requests: bool,
+        token: str | None,
+        header_timeout: float = HEADER_TIMEOUT,
+    ):
+        host, port = address
         # Bind before loading, so a taken port fails at once rather than after the model loads.
         try:
-            super().__init__(address, Handler)
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            infos = socket.getaddrinfo(host, port, family, socket.SOCK_STREAM)
+            self.socket = socket.socket(infos[0][0], socket.SOCK_STREAM)
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.socket.bind(infos[0][4])
+            self.socket.listen(128)
         except OSError as e:
-            raise ServerError(f"cannot listen on {address[0]}:{address[1]} ({e.strerror or e})") from None
+            raise ServerError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
+        self.server_address = self.socket.getsockname()[:2]
         try:
             self.service = SearchService(index_dir, encoder)
         except BaseException:
-            super().server_close()
+            self.socket.close()
             raise
+        protocol = type("Protocol", (_Protocol,), {"header_timeout": header_timeout})
+        self.app = create_app(self.service, loopback=is_loopback(host), token=token, mcp=_mcp_for(self.service, host))
+        config = uvicorn.Config(
+            self.app, http=protocol, lifespan="auto", log_config=None, access_log=log_requests,
+            timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONCURRENCY,
+            h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=5,
+            server_header=False, proxy_headers=False,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._stopped = threading.Event()
+        self._stopped.set()
+
+    def serve_forever(self) -> None:
+        """Answer requests until `shutdown()` (or Ctrl-C, when called on the main thread)."""
+        self._stopped.clear()
+        try:
+            self._uvicorn.run(sockets=[self.socket])
+        finally:
+            self._stopped.set()
+
+    def shutdown(self, timeout: float = 10) -> None:
+        """Ask a running `serve_forever` to finish its requests and return; waits for it."""
+        self._uvicorn.should_exit = True
+        self._stopped.wait(timeout)
 
     def server_close(self) -> None:
         """Stop listening, then close the index."""
-        super().server_close()
-        if self.service is not None:
-            self.service.close()
+        self.socket.close()
+        self.service.close()
 
 
 def make_server(
@@ -168,12 +525,15 @@ def make_server(
     port: int = 8765,
     encoder: Encoder | None = None,
     log_requests: bool = True,
+    token: str | None = None,
+    header_timeout: float = HEADER_TIMEOUT,
 ) -> SearchServer:
     """A server bound to host:port with the index and model loaded; call `serve_forever()` on it.
 
     `encoder` replaces the model the index names (tests use a fake); port 0
-    picks a free port, readable from `server.server_address`. Raises
-    ServerError when it cannot listen, StoreError or EncoderError when the
+    picks a free port, readable from `server.server_address`. `token`, when
+    set, is required of every request (see `resolve_token`). Raises
+    ServerError when it cannot listen, and the library's errors when the
     index or model cannot be loaded.
     """
-    return SearchServer((host, port), index_dir, encoder, log_requests)
+    return SearchServer((host, port), index_dir, encoder, log_requests, token, header_timeout)

