@@ -62,6 +62,7 @@ def _stored(p: Passage, row: int, key: str, terms: str) -> StoredPassage:
         row=row, key=key, path=r.path, file=r.file, week=r.week, topic_no=r.topic_no, topic=r.topic,
         presenter=r.presenter, review_no=r.review_no, reviewer=r.reviewer, line=p.line,
         end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text, terms=terms,
+        section=p.section,
     )
 
 

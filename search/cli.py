@@ -26,6 +26,10 @@ JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")
 TopicOpt = typer.Option(None, "--topic", help="Only papers whose title contains this.")
 WeekOpt = typer.Option(None, "--week", help="A week (3) or range (3-5).")
+SectionOpt = typer.Option(
+    None, "--section",
+    help="Only passages of this kind: summary, method, results, opinion, limitations, other (or a label: 후기, 한계).",
+)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -128,6 +132,7 @@ def query(
     topic: Optional[str] = TopicOpt,
     week: Optional[str] = WeekOpt,
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose cosine similarity is below this."),
+    section: Optional[str] = SectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the review passages closest to TEXT."""
@@ -136,7 +141,7 @@ def query(
     from .store import open_index
 
     with clean_errors(index_dir):
-        request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score)
+        request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score, section=section)
         with open_index(index_dir) as idx:
             result = Searcher(idx).search(request)
     if as_json:

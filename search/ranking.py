@@ -48,6 +48,7 @@ class Hit:
             "presenter": p.presenter,
             "review_no": p.review_no,
             "reviewer": p.reviewer,
+            "section": p.section,
             "text": p.text,
             "score": round(float(self.score), 6),
             "dense": None if self.dense is None else round(float(self.dense), 6),

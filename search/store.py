@@ -30,7 +30,7 @@ import numpy as np
 from .errors import IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: passages carry a section kind
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 VECTORS = "dense.faiss"
@@ -67,6 +67,7 @@ class StoredPassage:
     text: str
     embed_text: str
     terms: str  # its BM25 terms, space-separated: kept so unchanged passages skip Kiwi next build
+    section: str = "other"  # summary, method, results, opinion, limitations or other (sections.py)
 
     @property
     def review_key(self) -> tuple[str, int, int]:
@@ -358,7 +359,7 @@ class Writer:
                 "CREATE TABLE passages (row INTEGER PRIMARY KEY, key TEXT NOT NULL, path TEXT NOT NULL, "
                 "file TEXT NOT NULL, week INTEGER, topic_no INTEGER, topic TEXT, presenter TEXT, "
                 "review_no INTEGER, reviewer TEXT, line INTEGER, end_line INTEGER, passage_no INTEGER, "
-                "text TEXT NOT NULL, embed_text TEXT NOT NULL, terms TEXT NOT NULL)"
+                "text TEXT NOT NULL, embed_text TEXT NOT NULL, terms TEXT NOT NULL, section TEXT NOT NULL)"
             )
             db.executemany(
                 f"INSERT INTO passages VALUES ({','.join('?' * len(_COLUMNS))})",

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "dev-corpus"
+DEV2 = SHARED / "dev-corpus-2"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,14 @@ def dev_corpus() -> Path:
     if not (DEV / "weeks").is_dir():
         pytest.skip(f"dev corpus not found at {DEV} (CI and developers have ../shared beside the clone)")
     return DEV
+
+
+@pytest.fixture(scope="session")
+def dev_corpus_2() -> Path:
+    """The second labelled dev corpus (weeks 16-22), read in place; skipped where missing."""
+    if not (DEV2 / "weeks").is_dir():
+        pytest.skip(f"dev corpus 2 not found at {DEV2}")
+    return DEV2
 
 
 @pytest.fixture
