@@ -3,7 +3,7 @@
 A one-shot `query` pays for loading the model and the index on every call; the
 server pays once and then answers in milliseconds.
 
-    GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5&min_score=0.8
+    GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5&min_score=0.8&section=limitations
         200, a JSON array of hits, each the object `query --json` prints
     GET /health
         200, {"status": "ok", "passages": N, "model": "...", "index": "<generation folder>"}
@@ -41,7 +41,7 @@ from .errors import BadRequest, ReviewSearchError
 from .request import SearchRequest
 from .service import SearchService
 
-SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score")
+SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score", "section")
 
 
 class ServerError(Exception):
@@ -83,6 +83,7 @@ def parse_search(query_string: str) -> SearchRequest:
     return SearchRequest.parse(
         params.get("q"), params.get("k"), params.get("mode"), params.get("group"),
         params.get("reviewer"), params.get("topic"), params.get("week"), params.get("min_score"),
+        section=params.get("section"),
     )
 
 

@@ -181,3 +181,12 @@ def test_cli_query_section(sectioned_index: Path, fake_model):
     assert hits and {h["section"] for h in hits} == {"limitations"}
     bad = runner.invoke(app, args + ["--section", "banana"])
     assert bad.exit_code == 2 and "section takes one of" in bad.output and "Traceback" not in bad.output
+
+
+def test_http_search_takes_section():
+    from search.server import parse_search
+
+    assert parse_search("q=x&section=%ED%95%9C%EA%B3%84").filters.section is Section.LIMITATIONS
+    assert parse_search("q=x&section=").filters.section is None
+    with pytest.raises(BadRequest, match="section takes one of"):
+        parse_search("q=x&section=banana")

@@ -84,7 +84,7 @@ def test_seen_finds_the_seed_topic(seeds_index: Path, query: str, how: str):
     assert match.topic.file == "000_1d3bebb296d4b218.md" and match.topic.line > 0
 
 
-@pytest.mark.parametrize("query", [ABSENT, "Speech recognition", "Attention", "Zero"])
+@pytest.mark.parametrize("query", [ABSENT, "Speech recognition", "Attention", "Zero", "Calm"])
 def test_near_but_different_titles_are_not_matched_by_text(seeds_index: Path, query: str):
     with open_index(seeds_index) as idx:
         assert not seen(idx, query).reviewed
