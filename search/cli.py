@@ -203,9 +203,8 @@ def seen(
 
     with clean_errors(index_dir):
         with open_index(index_dir) as idx:
-            searcher = Searcher(idx)
-            # The model loads only when the title tiers find nothing (see seen.py).
-            result = look_up(idx, paper, _LazyEncoder(searcher))
+            searcher = Searcher(idx)  # its model loads only if seen() asks for it
+            result = look_up(idx, paper, lambda: searcher.encoder)
     if as_json:
         emit_json(result.as_dict())
         return
@@ -274,16 +273,6 @@ def who(
             by = f" (review by {clean(p.reviewer) or '?'})" if e.presented else ""
             typer.echo(f"      #{e.rank:<3} {role} {clean(p.topic)[:60]}{by} · {week_label(p.week)} · "
                        f"{display_path(p.path)}:{p.line}")
-
-
-class _LazyEncoder:
-    """The searcher's encoder, loaded on first use: most `seen` lookups never embed anything."""
-
-    def __init__(self, searcher):
-        self._searcher = searcher
-
-    def embed_query(self, text: str):
-        return self._searcher.encoder.embed_query(text)
 
 
 @app.command("list")

@@ -34,6 +34,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -244,12 +245,15 @@ def _by_identifier(identifier: str, passages: list[StoredPassage], all_topics: l
     return [Match(t, how) for t in own.values()], mentions
 
 
-def seen(index: Index, query: str, encoder: Encoder | None = None, closest: int = CLOSEST) -> SeenResult:
+def seen(
+    index: Index, query: str, encoder: Callable[[], Encoder] | None = None, closest: int = CLOSEST
+) -> SeenResult:
     """Whether the group reviewed the paper `query` names (title, arXiv id/URL or DOI), and where.
 
-    `encoder` (normally the index's model) is used only when the title tiers
-    find nothing: for the similar-title tier and the closest titles. Without
-    one, those are skipped.
+    `encoder` returns the model to embed titles with (normally the index's);
+    it is called only when the title tiers find nothing, for the
+    similar-title tier and the closest titles, so most lookups never load a
+    model. Without it, those two are skipped.
     """
     passages = index.passages()
     all_topics = topics(passages)
@@ -260,7 +264,7 @@ def seen(index: Index, query: str, encoder: Encoder | None = None, closest: int 
     matches = _by_title(query, all_topics)
     if matches or encoder is None or not all_topics:
         return SeenResult(query, None, matches)
-    cosines = _title_similarity(query, all_topics, encoder)
+    cosines = _title_similarity(query, all_topics, encoder())
     order = np.argsort(-cosines, kind="stable")
     similar = [Match(all_topics[i], "similar", round(float(cosines[i]), 4)) for i in order if cosines[i] >= SIMILAR_MIN]
     if similar:

@@ -75,8 +75,11 @@ def test_parse_identifier():
     ],
 )
 def test_seen_finds_the_seed_topic(seeds_index: Path, query: str, how: str):
+    def no_model():
+        raise AssertionError("a title match must not load the model")
+
     with open_index(seeds_index) as idx:
-        result = seen(idx, query)
+        result = seen(idx, query, no_model)
     assert result.reviewed and [m.topic.title for m in result.matches] == [CALM]
     match = result.matches[0]
     assert match.how == how
@@ -94,8 +97,8 @@ def test_near_but_different_titles_are_not_matched_by_text(seeds_index: Path, qu
 def test_not_reviewed_lists_the_closest_titles_and_versions_match_by_embedding(seeds_index: Path, e5_encoder):
     # Titles are embedded at query time, so the fake-built index serves the real model here.
     with open_index(seeds_index) as idx:
-        absent = seen(idx, ABSENT, e5_encoder)
-        other_wording = seen(idx, "Calming crazy attention heads to reduce hallucination of Whisper on non-speech", e5_encoder)
+        absent = seen(idx, ABSENT, lambda: e5_encoder)
+        other_wording = seen(idx, "Calming crazy attention heads to reduce hallucination of Whisper on non-speech", lambda: e5_encoder)
     assert not absent.reviewed and len(absent.closest) == 3
     assert absent.closest[0][0].title == CALM  # the nearest title is the other Whisper paper
     assert absent.closest[0][1] >= absent.closest[1][1] >= absent.closest[2][1]
