@@ -119,3 +119,15 @@ def test_who_on_the_dev_corpora_puts_the_main_speech_author_first(
     for e in people[0].evidence:
         p = e.hit.passage
         assert (p.presenter if e.presented else p.reviewer) == first
+
+
+def test_service_answers_who_and_seen(speech_index: Path, fake_encoder):
+    from search.service import SearchService
+
+    service = SearchService(speech_index, fake_encoder)
+    try:
+        assert service.who("음성 인식", k=1, mode="lexical")[0].name == "다작"
+        assert service.seen("speech two").matches[0].topic.presenter == "발표자을"
+        assert not service.seen("Completely Different Paper Title").reviewed
+    finally:
+        service.close()
