@@ -30,7 +30,7 @@ import numpy as np
 from .errors import IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
 
-FORMAT_VERSION = 3  # 3: passages carry a section kind
+FORMAT_VERSION = 4  # 4: passages carry a section kind (3, on main, added checksums)
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 VECTORS = "dense.faiss"
