@@ -39,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from .embedding import Encoder
+from .errors import BadRequest
 from .store import Index, StoredPassage
 
 FUZZY_MIN = 90  # rapidfuzz ratio (0-100) for a near spelling
@@ -255,6 +256,8 @@ def seen(
     similar-title tier and the closest titles, so most lookups never load a
     model. Without it, those two are skipped.
     """
+    if not query.strip():
+        raise BadRequest("the paper is empty; give a title, an arXiv id or URL, or a DOI")
     passages = index.passages()
     all_topics = topics(passages)
     identifier = parse_identifier(query)

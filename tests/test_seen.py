@@ -118,6 +118,12 @@ def test_cli_seen_text_and_json(seeds_index: Path, fake_model):
     assert data["closest"] == [] and data["mentioned_in"] == []
 
 
+def test_cli_seen_empty_is_one_line(seeds_index: Path, fake_model):
+    result = runner.invoke(app, ["seen", "  ", "--index", str(seeds_index)])
+    assert result.exit_code == 2 and result.output.startswith("error: the paper is empty")
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_cli_seen_not_reviewed_prints_closest(seeds_index: Path, fake_model):
     result = runner.invoke(app, ["seen", ABSENT, "--index", str(seeds_index)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
