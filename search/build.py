@@ -157,7 +157,7 @@ def _records(passages: list[Passage], model_id: str, old: list[StoredPassage]) -
         StoredPassage(
             row=row, key=passage_key(model_id, p.embed_text), **{f: getattr(p.review, f) for f in fields_of_review},
             line=p.line, end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text,
-            terms=known[p.embed_text],
+            terms=known[p.embed_text], section=p.section,
         )
         for row, p in enumerate(passages)
     ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from .reader import PLACEHOLDER, Review
+from .sections import Section, section_of
 
 TokenCounter = Callable[[str], int]
 
@@ -37,6 +38,7 @@ class Passage:
     end_line: int
     text: str
     embed_text: str
+    section: str = Section.OTHER.value  # what its labels say it is (sections.py); carried over from earlier passages
 
 
 Line = tuple[int, str]  # (1-based line number in the file, stripped text)
@@ -59,6 +61,19 @@ def is_label(line: str) -> bool:
     """True for a heading-like line that introduces the paragraph after it (`후기`, `1. 문제 정의`)."""
     line = line.strip()
     return 0 < len(line) <= MAX_LABEL_CHARS and not _ENDS_LIKE_SENTENCE.search(line)
+
+
+_BULLET = re.compile(r"^[-*+]\s")
+
+
+def _labels(paragraph: list[Line]) -> list[str]:
+    """The label lines a paragraph starts with (bullets are list items, not labels)."""
+    labels = []
+    for _, text in paragraph[:-1]:
+        if not is_label(text) or _BULLET.match(text):
+            break
+        labels.append(text)
+    return labels
 
 
 def _paragraphs(review: Review) -> Iterator[list[Line]]:
@@ -122,7 +137,11 @@ def _fit(paragraph: list[Line], count: TokenCounter, budget: int) -> Iterator[li
 def chunk_review(review: Review, count: TokenCounter, budget: int = MAX_PASSAGE_TOKENS) -> list[Passage]:
     """Split one review into passages under `budget` tokens, each with its file line numbers."""
     passages: list[Passage] = []
+    section = Section.OTHER
     for paragraph in _paragraphs(review):
+        labels = _labels(paragraph)
+        if labels:  # a new label starts a new section; unlabelled paragraphs continue the last one
+            section = section_of(labels) or Section.OTHER
         for piece in _fit(paragraph, count, budget):
             text = _render(piece)
             passages.append(
@@ -133,6 +152,7 @@ def chunk_review(review: Review, count: TokenCounter, budget: int = MAX_PASSAGE_
                     end_line=piece[-1][0],
                     text=text,
                     embed_text=f"{review.topic}\n{text}",
+                    section=section.value,
                 )
             )
     return passages

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 import typer
 
 from .errors import BadRequest, ReviewSearchError
+from .people import DEPTH
 from .related import RelatedGroup
 from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, MAX_K, Group, Mode
 
@@ -32,6 +33,10 @@ ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.
 TopicOpt = typer.Option(None, "--topic", help="Only papers whose title contains this.")
 WeekOpt = typer.Option(None, "--week", help="A week (3) or range (3-5).")
 WatchOpt = typer.Option(False, "--watch", help="Also update the index whenever .md files under its folders are added, changed or deleted.")
+SectionOpt = typer.Option(
+    None, "--section",
+    help="Only passages of this kind: summary, method, results, opinion, limitations, other (or a label: 후기, 한계).",
+)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -176,6 +181,7 @@ def query(
     topic: Optional[str] = TopicOpt,
     week: Optional[str] = WeekOpt,
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose cosine similarity is below this."),
+    section: Optional[str] = SectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the review passages closest to TEXT."""
@@ -184,7 +190,7 @@ def query(
     from .store import open_index
 
     with clean_errors(index_dir):
-        request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score)
+        request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score, section=section)
         with open_index(index_dir) as idx:
             result = Searcher(idx).search(request)
     if as_json:
@@ -230,6 +236,91 @@ def related(
         typer.echo("no other reviews")
         return
     render_hits(_console(), [e.hit for e in entries], [], reviewers=[e.reviewers for e in entries])
+
+
+@app.command()
+def seen(
+    paper: str = typer.Argument(..., help="A paper title (any case, partial, near spelling), an arXiv id or URL, or a DOI."),
+    index_dir: Path = IndexOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Has the group reviewed PAPER? Week, presenter, reviewers and file:line, or the closest titles."""
+    from .ranking import Searcher
+    from .seen import seen as look_up
+    from .store import open_index
+
+    with clean_errors(index_dir):
+        with open_index(index_dir) as idx:
+            searcher = Searcher(idx)  # its model loads only if seen() asks for it
+            result = look_up(idx, paper, lambda: searcher.encoder)
+    if as_json:
+        emit_json(result.as_dict())
+        return
+    from .display import clean, display_path, week_label
+
+    def where(t) -> str:
+        return f"{week_label(t.week)} · presenter {clean(t.presenter) or '?'} · {display_path(t.path)}:{t.line}"
+
+    def reviewers(t) -> str:
+        return ", ".join(f"{clean(r.reviewer) or '(no reviewer)'} ({display_path(r.path)}:{r.line})" for r in t.reviews)
+
+    for m in result.matches:
+        how = m.how + (f" {m.score:g}" if m.score is not None else "")
+        typer.echo(f"reviewed: {clean(m.topic.title)}  [{how}]\n  {where(m.topic)}\n  reviewers: {reviewers(m.topic)}")
+    if result.reviewed:
+        return
+    if result.identifier is not None:
+        typer.echo(f"not reviewed: no topic is {result.identifier}" + ("; mentioned in:" if result.mentions else ""))
+        for m in result.mentions:
+            typer.echo(f"  {clean(m.topic.title)} · {clean(m.reviewer) or '(no reviewer)'} · "
+                       f"{week_label(m.topic.week)} · {display_path(m.path)}:{m.line}")
+        return
+    typer.echo("not reviewed; closest:" if result.closest else "not reviewed")
+    for t, score in result.closest:
+        typer.echo(f"  {score:.3f}  {clean(t.title)}\n         {where(t)} · reviewers {', '.join(map(clean, t.reviewers))}")
+
+
+@app.command()
+def who(
+    text: str = typer.Argument(..., help="The subject, in Korean or English."),
+    index_dir: Path = IndexOpt,
+    k: int = typer.Option(5, "-k", "--k", min=1, max=MAX_K, help="How many people."),
+    depth: int = typer.Option(DEPTH, "--depth", min=1, max=MAX_K, help="How many of the best matching reviews count as evidence."),
+    mode: Mode = typer.Option(DEFAULT_MODE, "--mode", help="How to rank the reviews."),
+    reviewer: Optional[str] = ReviewerOpt,
+    topic: Optional[str] = TopicOpt,
+    week: Optional[str] = WeekOpt,
+    section: Optional[str] = SectionOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Who knows about TEXT: members ranked by their best matching reviews and the papers they presented."""
+    from .people import TOP_ITEMS
+    from .people import who as rank_people
+    from .ranking import Searcher
+    from .request import Filters
+    from .store import open_index
+
+    with clean_errors(index_dir):
+        filters = Filters.parse(reviewer, topic, week, section)
+        with open_index(index_dir) as idx:
+            people = rank_people(Searcher(idx), text, k=k, mode=mode, filters=filters, depth=depth)
+    if as_json:
+        emit_json([p.as_dict() for p in people])
+        return
+    if not people:
+        typer.echo("nobody: no review matches")
+        return
+    from .display import clean, display_path, week_label
+
+    for i, person in enumerate(people, start=1):
+        typer.echo(f"{i:>2}. {clean(person.name)}  {person.score:.2f}  "
+                   f"({person.reviewed} reviewed, {person.presented} presented of the best {depth} reviews)")
+        for e in person.evidence[:TOP_ITEMS]:
+            p = e.hit.passage
+            role = "presented" if e.presented else "reviewed "
+            by = f" (review by {clean(p.reviewer) or '?'})" if e.presented else ""
+            typer.echo(f"      #{e.rank:<3} {role} {clean(p.topic)[:60]}{by} · {week_label(p.week)} · "
+                       f"{display_path(p.path)}:{p.line}")
 
 
 @app.command("list")

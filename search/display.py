@@ -75,6 +75,8 @@ def render_hits(
         lead.append(f"{hit.score:.3f} ", style="dim")
         meta = Text()
         meta.append(f" · {', '.join(clean(n, single_line=True) or '(no reviewer)' for n in names)}", style="green")
+        if p.section != "other":
+            meta.append(f" · {p.section}", style="yellow")
         meta.append(f" · {week_label(p.week)}", style="dim")
         meta.append(f" · {display_path(p.path)}:{p.line}", style="magenta")
         meta.append(f" · presenter {clean(p.presenter, single_line=True) or '?'}", style="dim")

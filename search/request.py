@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from .errors import BadRequest
+from .sections import Section, parse_section
 
 MAX_K = 1000
 # Queries are cut here rather than refused: e5 reads at most 512 tokens and a
@@ -59,12 +60,16 @@ class Filters:
     reviewer: str | None = None
     topic: str | None = None  # case-insensitive substring of the paper title
     weeks: tuple[int, int] | None = None  # inclusive range
+    section: Section | None = None  # only passages of this kind (sections.py)
 
     @classmethod
-    def parse(cls, reviewer: str | None = None, topic: str | None = None, week: Any = None) -> "Filters":
-        """Filters from user input, where blank means no restriction; a bad week raises BadRequest."""
+    def parse(
+        cls, reviewer: str | None = None, topic: str | None = None, week: Any = None, section: Any = None
+    ) -> "Filters":
+        """Filters from user input, where blank means no restriction; a bad week or section raises BadRequest."""
         reviewer, topic, week = ((str(v) if v is not None else "").strip() or None for v in (reviewer, topic, week))
-        return cls(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None)
+        return cls(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None,
+                   section=_section(section))
 
     def sql(self) -> tuple[str, list]:
         """A WHERE clause over the passages table and its parameters (the index evaluates it)."""
@@ -78,11 +83,25 @@ class Filters:
         if self.weeks is not None:
             clauses.append("week BETWEEN ? AND ?")
             params += list(self.weeks)
+        if self.section is not None:
+            clauses.append("section = ?")
+            params.append(self.section.value)
         return " AND ".join(clauses) or "1", params
 
     @property
     def active(self) -> bool:
-        return any(v is not None for v in (self.reviewer, self.topic, self.weeks))
+        return any(v is not None for v in (self.reviewer, self.topic, self.weeks, self.section))
+
+
+def _section(value: Any) -> Section | None:
+    if isinstance(value, Section):
+        return value
+    if value is None or not str(value).strip():
+        return None
+    try:
+        return parse_section(str(value))
+    except ValueError as e:
+        raise BadRequest(str(e)) from None
 
 
 def _choice(enum: type[Enum], value: Any, name: str, default: Enum) -> Any:
@@ -128,6 +147,7 @@ class SearchRequest:
         topic: Any = None,
         week: Any = None,
         min_score: Any = None,
+        section: Any = None,
     ) -> "SearchRequest":
         """A validated request from raw values (strings or typed); blank means the default.
 
@@ -148,7 +168,7 @@ class SearchRequest:
             k=k,
             mode=_choice(Mode, mode, "mode", DEFAULT_MODE),
             group=_choice(Group, group, "group", DEFAULT_GROUP),
-            filters=Filters.parse(reviewer, topic, week),
+            filters=Filters.parse(reviewer, topic, week, section),
             min_score=floor,
             truncated=truncated,
         )

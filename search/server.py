@@ -3,7 +3,7 @@
 One loaded `SearchService` answers everything, so the model and the index are
 paid for once.
 
-    GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5&min_score=0.8
+    GET /search?q=...&k=5&mode=hybrid&group=review&reviewer=...&topic=...&week=3-5&min_score=0.8&section=limitations
         the JSON array of hits `query --json` prints
     GET /related?paper=...&k=5&group=review|paper&reviewer=&topic=&week=
         {"paper": title, "related": [...]}, as `related --json`
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("uvicorn.error")
 
-SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score")
+SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score", "section")
 RELATED_PARAMS = ("paper", "k", "group", "reviewer", "topic", "week")
 PASSAGE_PARAMS = ("file", "line")
 MAX_LINE = 10_000_000  # no note has more lines than this; bounds what reaches SQLite

@@ -30,8 +30,10 @@ from typing import Any, Callable, TypeVar
 from .embedding import Encoder
 from .errors import NotFound, ReviewSearchError
 from .ranking import Searcher, SearchResult
+from .people import DEPTH, Person, who
 from .related import Related, RelatedGroup, related_reviews
 from .request import Filters, Mode, SearchRequest
+from .seen import SeenResult, seen
 from .store import Paper, StoredPassage, live_generation, open_index
 
 T = TypeVar("T")
@@ -119,6 +121,16 @@ class SearchService:
     ) -> tuple[str, list[Related]]:
         """The paper `topic` names and the reviews (or papers) most similar to it."""
         return self._run(lambda: related_reviews(self._current().index, topic, k=k, group=group, filters=filters))
+
+    def seen(self, paper: str) -> SeenResult:
+        """Whether the group reviewed `paper` (title, arXiv id/URL or DOI), and where (seen.py)."""
+        return self._run(lambda: seen(self._current().index, paper, lambda: self._current().encoder))
+
+    def who(
+        self, query: str, k: int = 5, mode: Mode | str | None = None, filters: Filters = Filters(), depth: int = DEPTH
+    ) -> list[Person]:
+        """The people with the strongest evidence of knowing about `query` (people.py)."""
+        return self._run(lambda: who(self._current(), query, k=k, mode=mode, filters=filters, depth=depth))
 
     def papers(self) -> list[Paper]:
         """Every reviewed paper in the index (what `list` shows)."""

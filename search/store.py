@@ -37,7 +37,7 @@ import numpy as np
 from .errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4  # 3 added checksums and settings.json, 4 the passages' section kinds
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
@@ -84,8 +84,10 @@ class StoredPassage:
     text: str
     embed_text: str
     terms: str  # its BM25 terms, space-separated: kept so unchanged passages skip Kiwi next build
+    section: str  # summary, method, results, opinion, limitations or other (sections.py)
 
-    PUBLIC = ("file", "path", "line", "end_line", "week", "topic_no", "topic", "presenter", "review_no", "reviewer", "text")
+    PUBLIC = ("file", "path", "line", "end_line", "week", "topic_no", "topic", "presenter", "review_no", "reviewer",
+              "section", "text")
 
     @property
     def review_key(self) -> tuple[str, int, int]:

@@ -139,3 +139,17 @@ def real_index(dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFa
     folder = tmp_path_factory.mktemp("real") / "index"
     build_index([dev_corpus / "weeks", SEEDS], folder, e5_encoder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def real_index_both(real_index: Path, dev_corpus_2: Path, tmp_path_factory: pytest.TempPathFactory, e5_encoder) -> Path:
+    """Both dev corpora plus the seed week with the real model: `real_index` copied, then updated
+    incrementally, so only the second corpus is embedded."""
+    import shutil
+
+    from search.build import build_index
+
+    folder = tmp_path_factory.mktemp("real-both") / "index"
+    shutil.copytree(real_index, folder)
+    build_index([DEV / "weeks", dev_corpus_2 / "weeks", SEEDS], folder, e5_encoder)
+    return folder

@@ -37,7 +37,7 @@ def raw_controls(out: str) -> list[str]:
 def passage(**fields) -> StoredPassage:
     base = dict(row=0, key="k", path="/notes/week3.md", file="week3.md", week=3, topic_no=1, topic="Whisper",
                 presenter="김철수", review_no=1, reviewer="이영희", line=7, end_line=9, passage_no=0,
-                text="위스퍼는 robust하다.", embed_text="Whisper\n위스퍼는 robust하다.", terms="")
+                text="위스퍼는 robust하다.", embed_text="Whisper\n위스퍼는 robust하다.", terms="", section="other")
     base.update(fields)
     return StoredPassage(**base)
 
