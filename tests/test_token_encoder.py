@@ -185,3 +185,9 @@ def test_truncated_weights_are_a_clear_error(e5_model_dir: Path, tmp_path: Path)
         (broken / "model.safetensors").write_bytes(src.read(1 << 20))
     with pytest.raises(ModelError, match="model.safetensors is truncated"):
         QueryTokenEncoder(broken)
+    (broken / "model.safetensors").unlink()
+    (broken / "model.safetensors").symlink_to(e5_model_dir / "model.safetensors")
+    (broken / TABLES).unlink()
+    (broken / TABLES).write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ModelError, match=str(broken)):
+        QueryTokenEncoder(broken)
