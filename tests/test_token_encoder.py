@@ -188,6 +188,6 @@ def test_truncated_weights_are_a_clear_error(e5_model_dir: Path, tmp_path: Path)
     (broken / "model.safetensors").unlink()
     (broken / "model.safetensors").symlink_to(e5_model_dir / "model.safetensors")
     (broken / TABLES).unlink()
-    (broken / TABLES).write_bytes(b"PK\x03\x04 not a zip")
+    (broken / TABLES).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
     with pytest.raises(ModelError, match=str(broken)):
         QueryTokenEncoder(broken)
