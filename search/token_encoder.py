@@ -296,7 +296,9 @@ class QueryTokenEncoder:
         try:
             self._load(model_dir)
         except (OSError, ValueError, KeyError, struct.error) as e:
-            raise ModelError(f"cannot load the query encoder from {model_dir}: {e}; delete the folder to convert it again") from e
+            raise ModelError(
+                f"cannot load the query encoder from {model_dir}: {e}; delete the folder to convert it again"
+            ) from e
 
     def _load(self, model_dir: Path) -> None:
         config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
@@ -341,27 +343,32 @@ class QueryTokenEncoder:
         )
 
     def _forward(self, ids: np.ndarray) -> np.ndarray:
-        w, eps, n = self._w, self._eps, len(ids)
-        x = w["embeddings.word_embeddings.weight"][ids]  # gathers n rows; the table stays on disk
-        x = x + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][0]
-        x = _layer_norm(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"], eps)
+        w, n = self._w, len(ids)
         hd = self.dim // self._heads
         scale = np.float32(1 / np.sqrt(hd))
+
+        def linear(name: str, h: np.ndarray) -> np.ndarray:
+            # W @ h.T, not h @ W.T: with a few rows in h this BLAS call reads W faster (~20%, measured).
+            return (w[name + ".weight"] @ h.T).T + w[name + ".bias"]
+
+        def norm(name: str, h: np.ndarray) -> np.ndarray:
+            return _layer_norm(h, w[name + ".weight"], w[name + ".bias"], self._eps)
+
+        x = w["embeddings.word_embeddings.weight"][ids]  # gathers n rows; the table stays on disk
+        x = x + w["embeddings.position_embeddings.weight"][:n] + w["embeddings.token_type_embeddings.weight"][0]
+        x = norm("embeddings.LayerNorm", x)
         for i in range(self._layers):
             p = f"encoder.layer.{i}."
-
-            def linear(name: str, h: np.ndarray) -> np.ndarray:
-                # W @ h.T, not h @ W.T: with a few rows in h this BLAS call reads W faster (~20%, measured).
-                return (w[p + name + ".weight"] @ h.T).T + w[p + name + ".bias"]
-
-            q, k, v = (linear(f"attention.self.{m}", x).reshape(n, self._heads, hd).transpose(1, 0, 2) for m in ("query", "key", "value"))
+            q, k, v = (
+                linear(p + f"attention.self.{m}", x).reshape(n, self._heads, hd).transpose(1, 0, 2)
+                for m in ("query", "key", "value")
+            )
             scores = q @ k.transpose(0, 2, 1) * scale
             scores = np.exp(scores - scores.max(-1, keepdims=True))
             scores /= scores.sum(-1, keepdims=True)
             context = (scores @ v).transpose(1, 0, 2).reshape(n, self.dim)
-            x = _layer_norm(x + linear("attention.output.dense", context), w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"], eps)
-            h = _gelu(linear("intermediate.dense", x))
-            x = _layer_norm(x + linear("output.dense", h), w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"], eps)
+            x = norm(p + "attention.output.LayerNorm", x + linear(p + "attention.output.dense", context))
+            x = norm(p + "output.LayerNorm", x + linear(p + "output.dense", _gelu(linear(p + "intermediate.dense", x))))
         return np.ascontiguousarray(x, dtype=np.float32)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from search.errors import ModelError
@@ -90,7 +90,7 @@ _PIECES = [
 
 
 @pytest.mark.model
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(_PIECES).flatmap(lambda p: st.text(alphabet=p, max_size=8)), max_size=8).map("".join))
 def test_generated_texts_tokenize_like_tokenizer_json(encoder: QueryTokenEncoder, reference_tokenizer, text: str) -> None:
     assert encoder.token_ids(text)[0] == reference_tokenizer.encode(QUERY_PREFIX + text).ids
