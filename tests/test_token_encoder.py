@@ -151,6 +151,7 @@ def test_rows_are_marked_special_prefix_and_content(encoder: QueryTokenEncoder) 
 @pytest.mark.parametrize("text", [KOREAN, ENGLISH, MIXED, SAMPLE[-1]])
 def test_token_states_and_vector_match_sentence_transformers(encoder: QueryTokenEncoder, st_model, text: str) -> None:
     tokens = encoder.encode(text)
+    assert tokens.ids.tolist() == st_model.tokenizer(QUERY_PREFIX + text)["input_ids"]
     reference = np.asarray(st_model.encode(QUERY_PREFIX + text, output_value="token_embeddings", convert_to_numpy=True))
     assert reference.shape == tokens.states.shape
     assert _cosines(tokens.states, reference).min() >= 0.999
