@@ -41,18 +41,32 @@ QUERIES = [
 ]
 
 
-def run(args: list[str]) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS in MiB and stdout of one `review-search` process."""
+def python(args: list[str]) -> tuple[float, int, float, str]:
+    """Wall seconds, peak RSS in MiB, CPU seconds (user + system) and stdout of one `python ARGS` process."""
     with tempfile.TemporaryFile("w+", encoding="utf-8") as out, tempfile.TemporaryFile("w+", encoding="utf-8") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "search", *args], stdout=out, stderr=err, cwd=ROOT)
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, cwd=ROOT)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
         if proc.returncode != 0:
-            sys.exit(f"review-search {' '.join(args)} failed: {err.read().strip()}")
-        return seconds, usage.ru_maxrss // 1024, out.read()
+            sys.exit(f"python {' '.join(args)} failed: {err.read().strip()}")
+        return seconds, usage.ru_maxrss // 1024, usage.ru_utime + usage.ru_stime, out.read()
+
+
+def run(args: list[str]) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS in MiB and stdout of one `review-search` process."""
+    seconds, rss, _, out = python(["-m", "search", *args])
+    return seconds, rss, out
+
+
+def report(result: dict, out: Path | None) -> None:
+    """Print the results as JSON, and write them to `out` if given."""
+    print(json.dumps(result, indent=1))
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
 
 
 def warm_embedding(paths: list[str]) -> float:
@@ -102,10 +116,7 @@ def main() -> None:
             "runs": {"index": a.runs, "query": a.query_runs},
             "cpus": os.cpu_count(),
         }
-    print(json.dumps(result, indent=1))
-    if a.out:
-        a.out.parent.mkdir(parents=True, exist_ok=True)
-        a.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    report(result, a.out)
 
 
 if __name__ == "__main__":

