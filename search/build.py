@@ -152,11 +152,10 @@ def _records(passages: list[Passage], model_id: str, old: list[StoredPassage]) -
     known = {p.embed_text: p.terms for p in old}
     new_texts = sorted({p.embed_text for p in passages} - known.keys())
     known.update(zip(new_texts, (" ".join(t) for t in passage_terms(new_texts))))
-    fields_of_review = ("path", "file", "week", "topic_no", "topic", "presenter", "review_no", "reviewer")
     return [
         StoredPassage(
-            row=row, key=passage_key(model_id, p.embed_text), **{f: getattr(p.review, f) for f in fields_of_review},
-            line=p.line, end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text,
+            **p.review.review_info(), row=row, key=passage_key(model_id, p.embed_text), line=p.line,
+            end_line=p.end_line, passage_no=p.passage_no, text=p.text, embed_text=p.embed_text,
             terms=known[p.embed_text], section=p.section,
         )
         for row, p in enumerate(passages)

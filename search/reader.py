@@ -27,7 +27,7 @@ import os
 import re
 import stat
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
@@ -51,8 +51,8 @@ MAX_NUMBER = 1_000_000
 
 
 @dataclass(frozen=True)
-class Review:
-    """One reviewer's notes on one paper, with where they came from."""
+class ReviewInfo:
+    """Where a review is and whose it is: the metadata every passage of it carries, declared once."""
 
     path: str  # resolved path of the file, the review's identity across runs
     file: str  # file name only, NFC-normalised
@@ -62,6 +62,21 @@ class Review:
     presenter: str
     review_no: int
     reviewer: str
+
+    @property
+    def review_key(self) -> tuple[str, int, int]:
+        """Identity of the review."""
+        return (self.path, self.topic_no, self.review_no)
+
+    def review_info(self) -> dict:
+        """These fields alone, for making a record that carries them."""
+        return {f.name: getattr(self, f.name) for f in fields(ReviewInfo)}
+
+
+@dataclass(frozen=True)
+class Review(ReviewInfo):
+    """One reviewer's notes on one paper, with where they came from."""
+
     body_start: int  # 1-based line number of body_lines[0]
     body_lines: tuple[str, ...]
 

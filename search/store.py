@@ -36,6 +36,7 @@ import numpy as np
 
 from .errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
+from .reader import ReviewInfo
 
 FORMAT_VERSION = 4  # 3 added checksums and settings.json, 4 the passages' section kinds
 CURRENT = "CURRENT"
@@ -61,8 +62,8 @@ NORM_TOLERANCE = 1e-3
 
 
 @dataclass(frozen=True)
-class StoredPassage:
-    """A passage as kept in the index: where it is from and what it says.
+class StoredPassage(ReviewInfo):
+    """A passage as kept in the index: the review it belongs to (ReviewInfo) and what it says.
 
     The one declaration of passage metadata: its fields are the SQLite columns,
     and `PUBLIC` names the ones every front end shows.
@@ -70,14 +71,6 @@ class StoredPassage:
 
     row: int  # position of its vector in the FAISS index
     key: str  # content hash of (model, embedded text); how vectors are reused across builds
-    path: str
-    file: str
-    week: int | None
-    topic_no: int
-    topic: str
-    presenter: str
-    review_no: int
-    reviewer: str
     line: int
     end_line: int
     passage_no: int
@@ -88,11 +81,6 @@ class StoredPassage:
 
     PUBLIC = ("file", "path", "line", "end_line", "week", "topic_no", "topic", "presenter", "review_no", "reviewer",
               "section", "text")
-
-    @property
-    def review_key(self) -> tuple[str, int, int]:
-        """Identity of the review the passage belongs to."""
-        return (self.path, self.topic_no, self.review_no)
 
     def public(self) -> dict[str, Any]:
         """The fields front ends show, as a JSON-ready dict."""
@@ -243,7 +231,7 @@ class Index:
         for i in range(0, len(rows), 900):  # SQLite's bound-parameter limit
             part = rows[i : i + 900]
             q = f"SELECT {cols} FROM passages WHERE row IN ({','.join('?' * len(part))})"
-            found.update({r[0]: StoredPassage(*r) for r in self._query(q, part)})
+            found.update({p.row: p for p in (StoredPassage(*r) for r in self._query(q, part))})
         return [found[r] for r in rows if r in found]
 
     def papers(self) -> list[Paper]:
