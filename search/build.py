@@ -22,6 +22,7 @@ import numpy as np
 from .chunking import Passage, chunk_review
 from .embedding import Encoder, Progress
 from .errors import IndexUnavailable
+from .late import build_store
 from .lexical import LexicalIndex, passage_terms
 from .reader import Problem, read_reviews
 from .store import CURRENT, FORMAT_VERSION, Index, Manifest, StoredPassage, Writer, open_index, read_manifest
@@ -43,6 +44,7 @@ class BuildSummary:
     removed: int
     seconds: float
     embed_seconds: float  # the part of `seconds` spent embedding
+    tokens_embedded: int = 0  # passages whose token states (for MaxSim) were computed rather than reused
     problems: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -125,6 +127,7 @@ def build_index(
                 problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
             records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
 
+        old_tokens = old.tokens if reusable else None
         vectors = np.zeros((len(records), encoder.dim), dtype=np.float32)
         reuse = [(i, old_by_key[r.key]) for i, r in enumerate(records) if r.key in old_by_key]
         if reuse:
@@ -135,6 +138,9 @@ def build_index(
         embed_start = time.perf_counter()
         if todo:
             vectors[todo] = encoder.embed_passages([records[i].embed_text for i in todo], progress)
+        tokens, tokens_embedded = build_store(
+            [r.key for r in records], [r.embed_text for r in records], encoder.embed_passage_tokens,
+            old_tokens, old_by_key)
         embed_seconds = time.perf_counter() - embed_start
         # A passage is gone when its file no longer has that text (copies elsewhere don't count).
         kept_texts = {(r.path, r.key) for r in records}
@@ -154,7 +160,7 @@ def build_index(
             reviews=len({r.review_key for r in records}),
             roots=[str(Path(p).resolve()) for p in paths],
         )
-        writer.write(manifest, records, vectors, lexical)
+        writer.write(manifest, records, vectors, lexical, tokens)
         writer.commit()
     return BuildSummary(
         index=str(index_dir),
@@ -167,5 +173,6 @@ def build_index(
         removed=removed,
         seconds=round(time.perf_counter() - started, 2),
         embed_seconds=round(embed_seconds, 2),
+        tokens_embedded=tokens_embedded,
         problems=problems,
     )

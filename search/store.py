@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 VECTORS = "dense.faiss"
 PASSAGES = "passages.sqlite"
 LEXICAL = "lexical"
+TOKENS = "tokens"  # per-token states for late interaction (search/late.py); absent in indexes built without them
 LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
 _GEN_PREFIX = "gen-"
@@ -146,6 +147,7 @@ class Index:
         self.faiss = faiss_index
         self._db = db
         self._lexical: LexicalIndex | None = None
+        self._tokens = None
 
     @property
     def lexical(self) -> LexicalIndex:
@@ -156,6 +158,27 @@ class Index:
             except (OSError, ValueError) as e:
                 raise IndexDamaged(f"{self.folder / LEXICAL} is damaged ({e})") from e
         return self._lexical
+
+    @property
+    def tokens(self):
+        """The compressed token states (late.TokenStore), loaded on first use; None when the index has none."""
+        if self._tokens is None and (self.folder / TOKENS).is_dir():
+            from .late import TokenStore
+
+            try:
+                store = TokenStore.load(self.folder / TOKENS)
+            except (OSError, ValueError, KeyError) as e:
+                raise IndexDamaged(f"{self.folder / TOKENS} is damaged ({e})") from e
+            if len(store) != self.size:
+                raise IndexDamaged(f"{self.folder / TOKENS} holds {len(store)} passages, the index {self.size}")
+            self._tokens = store
+        return self._tokens
+
+    def token_states(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """Decoded unit token states of the given rows (raises IndexDamaged when the index has none)."""
+        if self.tokens is None:
+            raise IndexDamaged(f"{self.folder} has no token states; rebuild it with `review-search index --full`")
+        return [self.tokens.states(int(r)) for r in rows]
 
     @property
     def size(self) -> int:
@@ -346,8 +369,9 @@ class Writer:
         shutil.rmtree(self.tmp, ignore_errors=True)
         self._lock.release()
 
-    def write(self, manifest: Manifest, passages: Sequence[StoredPassage], vectors: np.ndarray, lexical: LexicalIndex) -> Path:
-        """Write passages, their vectors (row i = passages[i]), the lexical index and the manifest."""
+    def write(self, manifest: Manifest, passages: Sequence[StoredPassage], vectors: np.ndarray, lexical: LexicalIndex,
+              tokens=None) -> Path:
+        """Write passages, their vectors (row i = passages[i]), the lexical index, token states and the manifest."""
         import faiss
 
         assert len(passages) == len(vectors) == manifest.passages
@@ -367,6 +391,9 @@ class Writer:
         db.close()
         (self.tmp / LEXICAL).mkdir()
         lexical.save(self.tmp / LEXICAL)
+        if tokens is not None:
+            assert len(tokens) == len(passages)
+            tokens.save(self.tmp / TOKENS)
         (self.tmp / MANIFEST).write_text(json.dumps(asdict(manifest), ensure_ascii=False, indent=1), encoding="utf-8")
         return self.tmp
 
