@@ -77,6 +77,15 @@ def _previous(index_dir: Path, problems: list[Problem]) -> Index | None:
         return None
 
 
+def _old_tokens(old: Index, problems: list[Problem]):
+    """The previous index's token states, or None (all re-embedded) when it has none or they are damaged."""
+    try:
+        return old.tokens
+    except IndexUnavailable as e:
+        problems.append(Problem(str(old.folder), None, f"token states unusable, embedding them again ({e})"))
+        return None
+
+
 def previous_settings(index_dir: Path | str) -> tuple[list[str] | None, str | None]:
     """The paths and model the existing index was built with, read leniently.
 
@@ -127,7 +136,7 @@ def build_index(
                 problems.append(Problem(path, None, f"kept its {n} passages from the previous build"))
             records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
 
-        old_tokens = old.tokens if reusable else None
+        old_tokens = _old_tokens(old, problems) if reusable else None
         vectors = np.zeros((len(records), encoder.dim), dtype=np.float32)
         reuse = [(i, old_by_key[r.key]) for i, r in enumerate(records) if r.key in old_by_key]
         if reuse:
@@ -136,11 +145,13 @@ def build_index(
         if on_start:
             on_start(len(todo))
         embed_start = time.perf_counter()
+        fresh: dict[int, np.ndarray] = {}
         if todo:
-            vectors[todo] = encoder.embed_passages([records[i].embed_text for i in todo], progress)
+            vectors[todo], new_tokens = encoder.embed_passages_and_tokens([records[i].embed_text for i in todo], progress)
+            fresh = dict(zip(todo, new_tokens))
         tokens, tokens_embedded = build_store(
-            [r.key for r in records], [r.embed_text for r in records], encoder.embed_passage_tokens,
-            old_tokens, old_by_key)
+            [r.key for r in records], [r.embed_text for r in records],
+            lambda texts: encoder.embed_passages_and_tokens(texts)[1], old_tokens, old_by_key, fresh)
         embed_seconds = time.perf_counter() - embed_start
         # A passage is gone when its file no longer has that text (copies elsewhere don't count).
         kept_texts = {(r.path, r.key) for r in records}

@@ -41,8 +41,8 @@ class Encoder(Protocol):
     def embed_query(self, text: str) -> np.ndarray:
         """(dim,) float32 unit vector for a search query."""
 
-    def embed_passage_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
-        """Per text, the (tokens, dim) unit rows of the tokens that count for MaxSim (see late.keep_mask)."""
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`embed_passages` and, per text, the (tokens, dim) unit rows that count for MaxSim, in one pass."""
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         """(tokens, dim) unit rows of a query's tokens that count for MaxSim."""
@@ -104,34 +104,36 @@ class SentenceTransformerEncoder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], "query")[0]
 
-    def _tokens(self, texts: list[str], kind: str) -> list[np.ndarray]:
+    def _both(self, texts: list[str], kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled unit vectors and MaxSim token states from one forward pass."""
         from . import late
 
         prefix = self.prefixes[kind]
         tokenizer = self.model.tokenizer
         batch = [prefix + t for t in texts]
-        states = self.model.encode(batch, output_value="token_embeddings", batch_size=BATCH_SIZE,
-                                   convert_to_numpy=False, show_progress_bar=False)
-        ids = tokenizer(batch, truncation=True, max_length=self.model.max_seq_length)["input_ids"]
+        outputs = self.model.encode(batch, output_value=None, batch_size=BATCH_SIZE, show_progress_bar=False)
         n_prefix = len(tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"]) if prefix.strip() else 0
-        out = []
-        for s, i in zip(states, ids):
-            pieces = tokenizer.convert_ids_to_tokens(i)
-            s = s.float().numpy()[: len(pieces)]
-            out.append(late.unit_rows(s[late.keep_mask(pieces, n_prefix)]))
-        return out
+        vectors, tokens = np.zeros((len(texts), self.dim), np.float32), []
+        for i, out in enumerate(outputs):
+            n = int(out["attention_mask"].sum())
+            pieces = tokenizer.convert_ids_to_tokens(out["input_ids"][:n].tolist())
+            states = out["token_embeddings"][:n].float().numpy()
+            tokens.append(late.unit_rows(states[late.keep_mask(pieces, n_prefix)]))
+            vectors[i] = late.unit_rows(out["sentence_embedding"].float().numpy()[None])[0]
+        return vectors, tokens
 
-    def embed_passage_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
-        out: list[np.ndarray] = []
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        vectors, tokens = np.zeros((len(texts), self.dim), np.float32), []
         for i in range(0, len(texts), BATCH_SIZE):
             batch = list(texts[i : i + BATCH_SIZE])
-            out += self._tokens(batch, "passage")
+            vectors[i : i + len(batch)], more = self._both(batch, "passage")
+            tokens += more
             if progress:
                 progress(len(batch))
-        return out
+        return vectors, tokens
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
-        return self._tokens([text], "query")[0]
+        return self._both([text], "query")[1][0]
 
 
 class DefaultE5Encoder:
@@ -163,8 +165,8 @@ class DefaultE5Encoder:
     def embed_query(self, text: str) -> np.ndarray:
         return np.asarray(self._engine.query(text), dtype=np.float32)
 
-    def embed_passage_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> list[np.ndarray]:
-        return self._passages().embed_passage_tokens(texts, progress)
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._passages().embed_passages_and_tokens(texts, progress)
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         # Goes through torch until the numpy forward pass (search/token_encoder.py) lands;

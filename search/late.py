@@ -230,17 +230,21 @@ def build_store(
     embed: Callable[[list[str]], list[np.ndarray]],
     old: TokenStore | None,
     old_rows: dict[str, int],
+    fresh: dict[int, np.ndarray],
 ) -> tuple[TokenStore, int]:
     """The token store for passages `keys`/`texts` (row-aligned) and how many passages were embedded.
 
-    Passages whose key is in `old_rows` reuse their stored codes from `old`;
-    the rest are embedded with `embed`. Without an old store, or once the index
-    has outgrown what its codec was fitted on (REFIT_GROWTH), the codec is
-    fitted anew on every passage's tokens and all are encoded with it.
+    `fresh` holds token states already computed (row -> states, from the pass
+    that embedded the new passages' vectors). Passages whose key is in
+    `old_rows` reuse their stored codes from `old`; the rest are embedded with
+    `embed`. Without an old store, or once the index has outgrown what its
+    codec was fitted on (REFIT_GROWTH), the codec is fitted anew on every
+    passage's tokens and all are encoded with it.
     """
-    reuse = {i: old_rows[k] for i, k in enumerate(keys) if old is not None and k in old_rows}
-    todo = [i for i in range(len(keys)) if i not in reuse]
-    states: dict[int, np.ndarray] = dict(zip(todo, embed([texts[i] for i in todo]) if todo else []))
+    states = dict(fresh)
+    reuse = {i: old_rows[k] for i, k in enumerate(keys) if old is not None and k in old_rows and i not in states}
+    todo = [i for i in range(len(keys)) if i not in reuse and i not in states]
+    states.update(zip(todo, embed([texts[i] for i in todo]) if todo else []))
     total = sum(len(s) for s in states.values()) + sum(int(old.offsets[j + 1] - old.offsets[j]) for j in reuse.values())
     if old is None or old.needs_refit(total):
         rest = sorted(reuse)
@@ -252,4 +256,4 @@ def build_store(
             return TokenStore.from_encoded(TokenCodec(np.zeros(1, np.float32), np.eye(1, dtype=np.float32)), 0, []), 0
         return TokenStore.from_encoded(codec, len(fit_on), [codec.encode(s) for s in every]), len(keys)
     encoded = [old.encoded(reuse[i]) if i in reuse else old.codec.encode(states[i]) for i in range(len(keys))]
-    return TokenStore.from_encoded(old.codec, old.fitted_tokens, encoded), len(todo)
+    return TokenStore.from_encoded(old.codec, old.fitted_tokens, encoded), len(states)

@@ -15,6 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "dev-corpus"
+DEV2 = SHARED / "dev-corpus-2"
 
 
 @pytest.fixture(scope="session")
@@ -23,6 +24,14 @@ def dev_corpus() -> Path:
     if not (DEV / "weeks").is_dir():
         pytest.skip(f"dev corpus not found at {DEV} (CI and developers have ../shared beside the clone)")
     return DEV
+
+
+@pytest.fixture(scope="session")
+def dev_corpus_2() -> Path:
+    """The second labelled set (7 weeks, 50 queries), read in place; skipped where missing."""
+    if not (DEV2 / "weeks").is_dir():
+        pytest.skip(f"dev corpus 2 not found at {DEV2}")
+    return DEV2
 
 
 @pytest.fixture
@@ -110,4 +119,14 @@ def real_index(dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFa
 
     folder = tmp_path_factory.mktemp("real") / "index"
     build_index([dev_corpus / "weeks", SEEDS], folder, e5_encoder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_index_2(dev_corpus_2: Path, dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dev-corpus-2 with dev-corpus and the seed week as distractors (as its README says), real model."""
+    from search.build import build_index
+
+    folder = tmp_path_factory.mktemp("real2") / "index"
+    build_index([dev_corpus_2 / "weeks", dev_corpus / "weeks", SEEDS], folder, e5_encoder)
     return folder

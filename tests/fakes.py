@@ -45,11 +45,9 @@ class FakeEncoder:
         words = text.split() or [text]
         return np.vstack([self._vector(w) for w in words]).astype(np.float32)
 
-    def embed_passage_tokens(self, texts: Sequence[str], progress=None) -> list[np.ndarray]:
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress=None) -> tuple[np.ndarray, list[np.ndarray]]:
         self.token_embedded.extend(texts)
-        if progress:
-            progress(len(texts))
-        return [self._tokens(t) for t in texts]
+        return self.embed_passages(texts, progress), [self._tokens(t) for t in texts]
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         return self._tokens(text)
