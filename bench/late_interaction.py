@@ -214,7 +214,7 @@ def arrangements(ms: np.ndarray, d: SetData, rv: np.ndarray | None = None):
     if rv is not None:
         out["RRF review-maxsim+lex"] = lambda i: rrf([rv[i], d.lexical[i]], [1, 1], [None, lex_mask[i]])
         out["RRF review-maxsim+dense+lex"] = lambda i: rrf([rv[i], d.dense[i], d.lexical[i]], [1, 1, 1], [None, None, lex_mask[i]])
-        for w in (1.5, 2.0):
+        for w in (1.5, 2.0, 3.0):
             out[f"RRF review-maxsim x{w}+lex"] = lambda i, w=w: rrf([rv[i], d.lexical[i]], [w, 1], [None, lex_mask[i]])
     for n in (20, 50):
         def rerank(i, n=n):
@@ -300,7 +300,7 @@ def main() -> None:
         absent(data, tok)
 
 
-CHOSEN = "RRF review-maxsim+lex"
+CHOSEN = f"RRF review-maxsim x{late.MAXSIM_WEIGHT}+lex"
 
 
 class SignCodec:
@@ -369,7 +369,7 @@ def levers(data, tok) -> None:
         print(f"  {n}: {sum(map(bool, named))} queries name a reviewer or presenter")
 
         def base(i, wl=1.0, m=None):
-            return rrf([rv[i] if m is None else m[i], d.lexical[i]], [1, wl], [None, lex_mask[i]])
+            return rrf([rv[i] if m is None else m[i], d.lexical[i]], [late.MAXSIM_WEIGHT, wl], [None, lex_mask[i]])
 
         variants = {
             "chosen": lambda i: base(i),

@@ -24,10 +24,6 @@ from .store import Index, StoredPassage
 
 CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
-# Late mode: a review by (or presented by) a person the query names gains what
-# rank 1 of one more ranking would give. Measured +0.009 nDCG@10 on one labelled
-# set, no change on the other; 0.5x to 2x scored the same.
-NAME_BOOST = 1.0 / (RRF_K + 1)
 
 
 @dataclass(frozen=True)
@@ -142,11 +138,6 @@ class Searcher:
             return allowed if allowed is not None else np.arange(self.index.size)
         return np.array(sorted(set(dense) | set(lexical)), dtype=np.int64)
 
-    def _named(self, query: str) -> set[str]:
-        if not hasattr(self, "_people"):
-            self._people = {n for p in self.index.papers() for n in [p.presenter, *p.reviewers] if n and len(n) > 1}
-        return {n for n in self._people if n in query}
-
     def search(self, request: SearchRequest) -> SearchResult:
         """The top `request.k` passages (or reviews) for the request's query, best first.
 
@@ -179,12 +170,7 @@ class Searcher:
         else:
             # Rank by the review's MaxSim, its own passage's MaxSim breaking ties within a review.
             order = sorted(review_ms, key=lambda r: (-review_ms[r], -passage_ms[r], r))
-            fused = rrf([{r: -i for i, r in enumerate(order)}, lexical])
-            named = self._named(query)
-            if named:
-                for p in self.index.passages(list(fused)):
-                    if p.reviewer in named or p.presenter in named:
-                        fused[p.row] += NAME_BOOST
+            fused = rrf([{r: -i for i, r in enumerate(order)}, lexical], weights=[late.MAXSIM_WEIGHT, 1.0])
         order = sorted(fused, key=lambda r: (-fused[r], r))
         by_review = request.group == Group.REVIEW
         # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.
@@ -210,10 +196,10 @@ class Searcher:
                    fused=fused if mode in (Mode.LATE, Mode.HYBRID) else None)
 
 
-def rrf(rankings: list[dict[int, float]], k: int = RRF_K) -> dict[int, float]:
-    """Reciprocal rank fusion of several {row: score} rankings."""
+def rrf(rankings: list[dict[int, float]], k: int = RRF_K, weights: list[float] | None = None) -> dict[int, float]:
+    """Reciprocal rank fusion of several {row: score} rankings, each optionally weighted."""
     fused: dict[int, float] = {}
-    for scores in rankings:
+    for scores, w in zip(rankings, weights or [1.0] * len(rankings)):
         for rank, row in enumerate(sorted(scores, key=lambda r: (-scores[r], r)), start=1):
-            fused[row] = fused.get(row, 0.0) + 1.0 / (k + rank)
+            fused[row] = fused.get(row, 0.0) + w / (k + rank)
     return fused
