@@ -129,8 +129,8 @@ class Searcher:
         reviews: dict[tuple, list[int]] = {}
         for p in self.index.passages(rows):
             reviews.setdefault(p.review_key, []).append(p.row)
-        states = dict(zip(rows.tolist(), self.index.token_states(rows)))
-        return late.review_scores(self.encoder.embed_query_tokens(query), states, list(reviews.values()))
+        store = self.index.token_store()
+        return late.review_scores(self.encoder.embed_query_tokens(query), store, list(reviews.values()))
 
     def _late_candidates(self, allowed: np.ndarray | None, dense: dict, lexical: dict) -> np.ndarray:
         """Rows MaxSim is computed for: all (allowed) rows of a small index, else the heads of the other rankings."""

@@ -174,11 +174,15 @@ class Index:
             self._tokens = store
         return self._tokens
 
-    def token_states(self, rows: Sequence[int]) -> list[np.ndarray]:
-        """Decoded unit token states of the given rows (raises IndexDamaged when the index has none)."""
+    def token_store(self):
+        """The token states (late.TokenStore); raises IndexDamaged when the index has none."""
         if self.tokens is None:
             raise IndexDamaged(f"{self.folder} has no token states; rebuild it with `review-search index --full`")
-        return [self.tokens.states(int(r)) for r in rows]
+        return self.tokens
+
+    def token_states(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """Decoded unit token states of the given rows (raises IndexDamaged when the index has none)."""
+        return [self.token_store().states(int(r)) for r in rows]
 
     @property
     def size(self) -> int:

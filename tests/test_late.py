@@ -147,3 +147,16 @@ def test_late_mode_respects_filters(notes: Path, tmp_path: Path, fake_encoder):
     with open_index(tmp_path / "idx") as idx:
         hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("hallucination", reviewer="김철수")).hits
     assert hits and all(h.passage.reviewer == "김철수" for h in hits)
+
+
+def test_review_scores_equal_maxsim_over_decoded_tokens():
+    codec = late.TokenCodec.fit(token_like(800))
+    passages = [token_like(n, seed=n) for n in (5, 9, 2, 7)]
+    store = late.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
+    query = token_like(6, seed=99)
+    review, passage = late.review_scores(query, store, [[0, 2], [3], [1]])
+    decoded = [store.states(r) for r in range(4)]
+    for r in range(4):
+        assert passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
+    assert review[0] == review[2] == pytest.approx(late.maxsim(query, np.vstack([decoded[0], decoded[2]])), abs=1e-5)
+    assert review[3] == pytest.approx(passage[3], abs=1e-6)
