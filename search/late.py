@@ -275,10 +275,10 @@ def build_store(
         rest = sorted(reuse)
         states.update(zip(rest, embed([texts[i] for i in rest]) if rest else []))
         every = [states[i] for i in range(len(keys))]
-        fit_on = np.vstack(every) if every else np.zeros((0, 1), np.float32)
-        codec = TokenCodec.fit(fit_on) if len(fit_on) else None
-        if codec is None:
+        if not every:  # an empty index has nothing to fit on; the next build fits
             return TokenStore.from_encoded(TokenCodec(np.zeros(1, np.float32), np.eye(1, dtype=np.float32)), 0, []), 0
+        fit_on = np.vstack(every)
+        codec = TokenCodec.fit(fit_on)
         return TokenStore.from_encoded(codec, len(fit_on), [codec.encode(s) for s in every]), len(keys)
     encoded = [old.encoded(reuse[i]) if i in reuse else old.codec.encode(states[i]) for i in range(len(keys))]
     return TokenStore.from_encoded(old.codec, old.fitted_tokens, encoded), len(states)

@@ -160,3 +160,13 @@ def test_review_scores_equal_maxsim_over_decoded_tokens():
         assert passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
     assert review[0] == review[2] == pytest.approx(late.maxsim(query, np.vstack([decoded[0], decoded[2]])), abs=1e-5)
     assert review[3] == pytest.approx(passage[3], abs=1e-6)
+
+
+def test_empty_index_then_a_week(tmp_path: Path, notes: Path, fake_encoder):
+    (tmp_path / "empty").mkdir()
+    build_index([tmp_path / "empty"], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        assert idx.size == 0 and len(idx.tokens) == 0
+        assert Searcher(idx, fake_encoder).search(SearchRequest.parse("LoRA")).hits == []
+    summary = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert summary.tokens_embedded == summary.passages > 0
