@@ -344,8 +344,8 @@ def codec_table(data, tok) -> None:
               f"{row['B'][1]:.3f} | {row['A'][2]:.3f} | {row['B'][2]:.3f}")
 
 
-def review_level(d: SetData, ms: MaxSim) -> np.ndarray:
-    """MaxSim of each query against the union of the tokens of each passage's review."""
+def review_level(d: SetData, ms: MaxSim, weights: list[np.ndarray] | None = None) -> np.ndarray:
+    """MaxSim of each query against the union of the tokens of each passage's review (query tokens weighted if given)."""
     groups: dict = {}
     for r, key in enumerate(d.review_of_row):
         groups.setdefault(key, []).append(r)
@@ -353,8 +353,25 @@ def review_level(d: SetData, ms: MaxSim) -> np.ndarray:
     for rows in groups.values():
         toks = np.vstack([ms.p[r] for r in rows])
         for qi, q in enumerate(ms.q):
-            out[qi, rows] = late.maxsim(q, toks)
+            best = (q @ toks.T).max(axis=1)
+            out[qi, rows] = best.mean() if weights is None else (best * weights[qi]).sum() / weights[qi].sum()
     return out
+
+
+def query_token_idf(d: SetData, tok) -> list[np.ndarray]:
+    """Per query, the IDF of each kept token id over the passages of the index (unseen ids: the maximum)."""
+    def kept_ids(ids, prefix):
+        pieces = tok.convert_ids_to_tokens(ids.tolist())
+        n_prefix = len(tok(prefix.strip(), add_special_tokens=False)["input_ids"])
+        return ids[late.keep_mask(pieces, n_prefix)]
+
+    df: dict[int, int] = {}
+    for ids, _ in d.p_tokens:
+        for t in set(kept_ids(ids, late.PASSAGE_PREFIX).tolist()):
+            df[t] = df.get(t, 0) + 1
+    n = len(d.p_tokens)
+    return [np.log((n + 1) / (np.array([df.get(t, 0) for t in kept_ids(ids, late.QUERY_PREFIX).tolist()]) + 0.5))
+            for ids, _ in d.q_tokens]
 
 
 def levers(data, tok) -> None:
@@ -363,6 +380,9 @@ def levers(data, tok) -> None:
     for n, d in data.items():
         ms = MaxSim(d, tok, late.TOKEN_RULE, None)
         rv = review_level(d, ms)
+        idf = query_token_idf(d, tok)
+        rv_idf = review_level(d, ms, idf)
+        rv_sqrt = review_level(d, ms, [np.sqrt(w) for w in idf])
         lex_mask = [d.lexical[i] > 0 for i in range(len(d.queries))]
         people = {p for pair in d.people_of_row for p in pair if p}
         named = [[p for p in people if p in q.query] for q in d.queries]
@@ -375,6 +395,8 @@ def levers(data, tok) -> None:
             "chosen": lambda i: base(i),
             "passage-level maxsim": lambda i: base(i, m=ms.scores),
             "passage+review maxsim": lambda i: base(i, m=(ms.scores + rv) / 2),
+            "query tokens weighted by IDF": lambda i: base(i, m=rv_idf),
+            "query tokens weighted by sqrt IDF": lambda i: base(i, m=rv_sqrt),
             "lexical x idf fraction": lambda i: base(i, d.idf_weight[i]),
             "lexical x sqrt idf fraction": lambda i: base(i, np.sqrt(d.idf_weight[i])),
         }
