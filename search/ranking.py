@@ -1,9 +1,11 @@
 """Ranking: a query to the best passages or reviews, dense, lexical or both.
 
 Dense scores are cosine similarities from FAISS; lexical scores are BM25 over
-Korean morphemes. Hybrid mode fuses the two rankings with reciprocal rank
-fusion, which needs no score calibration between the two very different
-scales (see README, "Retrieval quality", for the measurements that chose it).
+Korean morphemes; late scores are MaxSim over token states (search/late.py).
+Late mode (the default) fuses the MaxSim and BM25 rankings, hybrid mode the
+dense and BM25 rankings, with reciprocal rank fusion, which needs no score
+calibration between very different scales (README, "Retrieval quality", has
+the measurements that chose them).
 Filters narrow the candidate rows before the top-k cut, so a filtered search
 still returns k results when k exist.
 """
@@ -14,7 +16,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import embedding
+from . import embedding, late
 from .embedding import Encoder
 from .errors import ModelError
 from .request import Filters, Group, Mode, SearchRequest
@@ -29,10 +31,12 @@ class Hit:
     """One result: a passage (the best of its review when grouped) and its scores."""
 
     passage: StoredPassage
-    score: float  # what the ranking used: cosine, BM25 or fused
+    score: float  # for people: MaxSim of the review (late), else cosine (dense, hybrid), else BM25 (lexical)
     dense: float | None  # cosine similarity to the query, when computed
     lexical: float | None  # BM25 score, when computed
     passages: int = 1  # passages of the same review that matched, when grouped
+    maxsim: float | None = None  # MaxSim of the query against the whole review's tokens (late mode)
+    fused: float | None = None  # the reciprocal-rank-fusion value the order came from (late, hybrid)
 
     def as_dict(self) -> dict:
         """The JSON shape of `query --json` and the HTTP API."""
@@ -41,6 +45,8 @@ class Hit:
             "score": round(float(self.score), 6),
             "dense": None if self.dense is None else round(float(self.dense), 6),
             "lexical": None if self.lexical is None else round(float(self.lexical), 6),
+            "maxsim": None if self.maxsim is None else round(float(self.maxsim), 6),
+            "fused": None if self.fused is None else round(float(self.fused), 6),
         }
 
 
@@ -105,6 +111,22 @@ class Searcher:
             rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         return {int(r): float(scores[r]) for r in rows}
 
+    def late_scores(self, query: str, rows: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
+        """Review-level and passage-level MaxSim of the query for the given rows (see late.review_scores)."""
+        if not len(rows):
+            return {}, {}
+        reviews: dict[tuple, list[int]] = {}
+        for p in self.index.passages(rows):
+            reviews.setdefault(p.review_key, []).append(p.row)
+        store = self.index.token_store()
+        return late.review_scores(self.encoder.embed_query_tokens(query), store, list(reviews.values()))
+
+    def _late_candidates(self, allowed: np.ndarray | None, dense: dict, lexical: dict) -> np.ndarray:
+        """Rows MaxSim is computed for: all (allowed) rows of a small index, else the heads of the other rankings."""
+        if self.index.size <= CANDIDATES:
+            return allowed if allowed is not None else np.arange(self.index.size)
+        return np.array(sorted(set(dense) | set(lexical)), dtype=np.int64)
+
     def search(self, request: SearchRequest) -> SearchResult:
         """The top `request.k` passages (or reviews) for the request's query, best first.
 
@@ -116,18 +138,28 @@ class Searcher:
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, k * 50)
         terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
-        dense = self.dense_scores(query, allowed, limit) if mode != Mode.LEXICAL or request.min_score is not None else {}
+        small = self.index.size <= CANDIDATES
+        needs_dense = mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None or (mode == Mode.LATE and not small)
+        dense = self.dense_scores(query, allowed, limit) if needs_dense else {}
         lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
+        review_ms: dict[int, float] = {}
+        if mode == Mode.LATE:
+            review_ms, passage_ms = self.late_scores(query, self._late_candidates(allowed, dense, lexical))
         if request.min_score is not None:
             floor = {r for r, s in dense.items() if s >= request.min_score}
             dense = {r: s for r, s in dense.items() if r in floor}
             lexical = {r: s for r, s in lexical.items() if r in floor}
+            review_ms = {r: s for r, s in review_ms.items() if r in floor}
         if mode == Mode.DENSE:
             fused = dense
         elif mode == Mode.LEXICAL:
             fused = lexical
-        else:
+        elif mode == Mode.HYBRID:
             fused = rrf([dense, lexical])
+        else:
+            # Rank by the review's MaxSim, its own passage's MaxSim breaking ties within a review.
+            order = sorted(review_ms, key=lambda r: (-review_ms[r], -passage_ms[r], r))
+            fused = rrf([{r: -i for i, r in enumerate(order)}, lexical], weights=[late.MAXSIM_WEIGHT, 1.0])
         order = sorted(fused, key=lambda r: (-fused[r], r))
         by_review = request.group == Group.REVIEW
         # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.
@@ -141,14 +173,22 @@ class Searcher:
                     hits[i] = replace(hits[i], passages=hits[i].passages + 1)
                     continue
                 seen[p.review_key] = len(hits)
-            hits.append(Hit(p, fused[row], dense.get(row), lexical.get(row)))
+            hits.append(self._hit(p, mode, fused[row], dense.get(row), lexical.get(row), review_ms.get(row)))
         return SearchResult(request, hits[:k], terms or query.split())
 
 
-def rrf(rankings: list[dict[int, float]], k: int = RRF_K) -> dict[int, float]:
-    """Reciprocal rank fusion of several {row: score} rankings."""
+    @staticmethod
+    def _hit(p: StoredPassage, mode: Mode, fused: float, dense: float | None, lexical: float | None,
+             maxsim: float | None) -> Hit:
+        readable = {Mode.LATE: maxsim, Mode.HYBRID: dense, Mode.DENSE: dense, Mode.LEXICAL: lexical}[mode]
+        return Hit(p, fused if readable is None else readable, dense, lexical, maxsim=maxsim,
+                   fused=fused if mode in (Mode.LATE, Mode.HYBRID) else None)
+
+
+def rrf(rankings: list[dict[int, float]], k: int = RRF_K, weights: list[float] | None = None) -> dict[int, float]:
+    """Reciprocal rank fusion of several {row: score} rankings, each optionally weighted."""
     fused: dict[int, float] = {}
-    for scores in rankings:
+    for scores, w in zip(rankings, weights or [1.0] * len(rankings)):
         for rank, row in enumerate(sorted(scores, key=lambda r: (-scores[r], r)), start=1):
-            fused[row] = fused.get(row, 0.0) + 1.0 / (k + rank)
+            fused[row] = fused.get(row, 0.0) + w / (k + rank)
     return fused

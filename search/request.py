@@ -26,6 +26,7 @@ MAX_WEEK = 1_000_000
 class Mode(str, Enum):
     """How passages are ranked."""
 
+    LATE = "late"  # MaxSim over token states (whole reviews) and BM25 rankings fused
     HYBRID = "hybrid"  # dense and BM25 rankings fused
     DENSE = "dense"  # cosine similarity of one vector per passage
     LEXICAL = "lexical"  # BM25 over Korean morphemes
@@ -38,7 +39,7 @@ class Group(str, Enum):
     PASSAGE = "passage"  # raw passages
 
 
-DEFAULT_MODE = Mode.HYBRID
+DEFAULT_MODE = Mode.LATE
 DEFAULT_GROUP = Group.REVIEW
 DEFAULT_K = 5
 

@@ -98,9 +98,10 @@ class SearchService:
     def search(self, request: SearchRequest) -> SearchResult:
         """The results of `request` from the live generation of the index."""
         embedded = None
-        if request.mode != Mode.LEXICAL or request.min_score is not None:
+        needs = _query_embeddings(request)
+        if needs:
             encoder = self._run(lambda: self._current().encoder)
-            embedded = _Embedded(encoder, request.query, self._embed(encoder, request.query))
+            embedded = _Embedded(encoder, request.query, {name: self._embed(encoder, name, request.query) for name in needs})
 
         def run() -> SearchResult:
             searcher = self._current()
@@ -110,11 +111,11 @@ class SearchService:
 
         return self._run(run)
 
-    def _embed(self, encoder: Encoder, query: str):
+    def _embed(self, encoder: Encoder, method: str, query: str):
         if getattr(encoder, "concurrent_queries", False):
-            return encoder.embed_query(query)
+            return getattr(encoder, method)(query)
         with self._embedding:
-            return encoder.embed_query(query)
+            return getattr(encoder, method)(query)
 
     def related(
         self, topic: str, k: int = 5, group: RelatedGroup = RelatedGroup.REVIEW, filters: Filters = Filters()
@@ -175,14 +176,32 @@ class SearchService:
         self._worker.shutdown()
 
 
-class _Embedded:
-    """An encoder that already holds the vector of one query (embedded off the index thread)."""
+def _query_embeddings(request: SearchRequest) -> list[str]:
+    """The encoder calls a request's ranking will make for its query (what can run off the index thread)."""
+    needs = []
+    if request.mode == Mode.LATE:
+        needs.append("embed_query_tokens")
+    if request.mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None:
+        needs.append("embed_query")
+    return needs
 
-    def __init__(self, encoder: Encoder, query: str, vector):
-        self.encoder, self._query, self._vector = encoder, query, vector
+
+class _Embedded:
+    """An encoder that already holds what one query needs (embedded off the index thread)."""
+
+    def __init__(self, encoder: Encoder, query: str, done: dict[str, Any]):
+        self.encoder, self._query, self._done = encoder, query, done
+
+    def _call(self, method: str, text: str):
+        if text == self._query and method in self._done:
+            return self._done[method]
+        return getattr(self.encoder, method)(text)
 
     def embed_query(self, text: str):
-        return self._vector if text == self._query else self.encoder.embed_query(text)
+        return self._call("embed_query", text)
+
+    def embed_query_tokens(self, text: str):
+        return self._call("embed_query_tokens", text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.encoder, name)  # model_id, dim and the rest, as the model has them

@@ -30,13 +30,16 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
 from .errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
 from .lexical import LexicalIndex
 from .reader import ReviewInfo
+
+if TYPE_CHECKING:
+    from .late import TokenStore
 
 FORMAT_VERSION = 4  # 3 added checksums and settings.json, 4 the passages' section kinds
 CURRENT = "CURRENT"
@@ -45,6 +48,7 @@ SETTINGS = "settings.json"
 VECTORS = "dense.faiss"
 PASSAGES = "passages.sqlite"
 LEXICAL = "lexical"
+TOKENS = "tokens"  # per-token states for late interaction (search/late.py); absent in indexes built without them
 LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
 _GEN_PREFIX = "gen-"
@@ -193,6 +197,7 @@ class Index:
         self.faiss = faiss_index
         self._db = db
         self._lexical: LexicalIndex | None = None
+        self._tokens = None
 
     def damaged(self, what: str) -> IndexDamaged:
         """The error for damage found in this generation, carrying the roots to rebuild from."""
@@ -216,6 +221,31 @@ class Index:
             if self._lexical.size != self.size:
                 raise self.damaged(f"{self.folder / LEXICAL} does not match the passages")
         return self._lexical
+
+    @property
+    def tokens(self):
+        """The compressed token states (late.TokenStore), loaded on first use; None when the index has none."""
+        if self._tokens is None and (self.folder / TOKENS).is_dir():
+            from .late import TokenStore
+
+            try:
+                store = TokenStore.load(self.folder / TOKENS)
+            except (OSError, ValueError, KeyError) as e:
+                raise self.damaged(f"{self.folder / TOKENS} is damaged ({type(e).__name__})") from e
+            if len(store) != self.size:
+                raise self.damaged(f"{self.folder / TOKENS} holds {len(store)} passages, the index {self.size}")
+            self._tokens = store
+        return self._tokens
+
+    def token_store(self):
+        """The token states (late.TokenStore); raises IndexDamaged when the index has none."""
+        if self.tokens is None:
+            raise IndexDamaged(f"{self.folder} has no token states; rebuild it with `review-search index --full`")
+        return self.tokens
+
+    def token_states(self, rows: Sequence[int]) -> list[np.ndarray]:
+        """Decoded unit token states of the given rows (raises IndexDamaged when the index has none)."""
+        return [self.token_store().states(int(r)) for r in rows]
 
     @property
     def size(self) -> int:
@@ -533,15 +563,14 @@ class Writer:
 
     def write(
         self, model_id: str, dim: int, roots: list[str], passages: Sequence[StoredPassage], vectors: np.ndarray,
-        lexical: LexicalIndex, extra: dict[str, np.ndarray] | None = None,
+        lexical: LexicalIndex, tokens: "TokenStore | None" = None,
     ) -> Manifest:
-        """Write passages, their vectors (row i = passages[i]) and the lexical index, then the manifest.
+        """Write passages, their vectors (row i = passages[i]), the lexical index and token states, then the manifest.
 
-        `extra` arrays are saved beside them as `<name>.npy` (checksummed like the rest).
         Raises DiskError when the disk refuses the write.
         """
         try:
-            return self._write(model_id, dim, roots, passages, vectors, lexical, extra or {})
+            return self._write(model_id, dim, roots, passages, vectors, lexical, tokens)
         except OSError as e:
             raise _disk_error(e, self.index_dir) or e
         except (RuntimeError, sqlite3.OperationalError) as e:
@@ -549,7 +578,7 @@ class Writer:
             raise DiskError(f"cannot write the index at {self.index_dir}: {_why_write_failed(self.index_dir, e)}; "
                             "the previous index is unchanged") from e
 
-    def _write(self, model_id, dim, roots, passages, vectors, lexical, extra) -> Manifest:
+    def _write(self, model_id, dim, roots, passages, vectors, lexical, tokens) -> Manifest:
         import faiss
 
         if len(passages) != len(vectors):
@@ -565,8 +594,10 @@ class Writer:
         db.close()
         (self.tmp / LEXICAL).mkdir()
         lexical.save(self.tmp / LEXICAL)
-        for name, array in extra.items():
-            np.save(self.tmp / f"{name}.npy", array, allow_pickle=False)
+        if tokens is not None:
+            if len(tokens) != len(passages):
+                raise ValueError(f"{len(passages)} passages but {len(tokens)} token states")
+            tokens.save(self.tmp / TOKENS)
         per_file = Counter(p.path for p in passages)
         manifest = Manifest(
             format=FORMAT_VERSION,

@@ -126,6 +126,10 @@ class _Tokenizer:
         # Longest first: the added-vocabulary matcher prefers the longest literal at a position.
         self._literal_re = re.compile("|".join(map(re.escape, sorted(self._literals, key=len, reverse=True))))
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary piece of a token id (``▁`` marks a word start)."""
+        return bytes(self._bytes[self._offset[token_id] : self._offset[token_id + 1]]).decode("utf-8")
+
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text`` with ``<s>`` and ``</s>``, untruncated.
 
@@ -239,6 +243,7 @@ class QueryTokens:
     """
 
     ids: np.ndarray
+    pieces: tuple[str, ...]  # the vocabulary piece of each id
     states: np.ndarray
     special: np.ndarray
     n_prefix: int
@@ -339,6 +344,7 @@ class QueryTokenEncoder:
         special = np.isin(ids, [self._tokenizer.bos, self._tokenizer.eos])
         return QueryTokens(
             ids=np.array(ids, dtype=np.int32),
+            pieces=tuple(self._tokenizer.piece(i) for i in ids),
             states=states,
             special=special,
             n_prefix=self._n_prefix,

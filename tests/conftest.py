@@ -16,7 +16,7 @@ DEV = SHARED / "dev-corpus"
 DEV2 = SHARED / "dev-corpus-2"
 
 
-REAL_MODEL_FIXTURES = {"e5_model_dir", "e5_encoder", "real_index"}
+REAL_MODEL_FIXTURES = {"e5_model_dir", "e5_encoder", "real_index", "real_index_2"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -142,14 +142,10 @@ def real_index(dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFa
 
 
 @pytest.fixture(scope="session")
-def real_index_both(real_index: Path, dev_corpus_2: Path, tmp_path_factory: pytest.TempPathFactory, e5_encoder) -> Path:
-    """Both dev corpora plus the seed week with the real model: `real_index` copied, then updated
-    incrementally, so only the second corpus is embedded."""
-    import shutil
-
+def real_index_2(dev_corpus_2: Path, dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """dev-corpus-2 with dev-corpus and the seed week as distractors (as its README says), real model."""
     from search.build import build_index
 
-    folder = tmp_path_factory.mktemp("real-both") / "index"
-    shutil.copytree(real_index, folder)
-    build_index([DEV / "weeks", dev_corpus_2 / "weeks", SEEDS], folder, e5_encoder)
+    folder = tmp_path_factory.mktemp("real2") / "index"
+    build_index([dev_corpus_2 / "weeks", dev_corpus / "weeks", SEEDS], folder, e5_encoder)
     return folder

@@ -16,6 +16,7 @@ class FakeEncoder:
 
     def __init__(self):
         self.embedded: list[str] = []  # every passage text it was asked to embed, in order
+        self.token_embedded: list[str] = []  # every passage text whose token states it computed
 
     def count_tokens(self, text: str) -> int:
         return len(text.split()) + 2
@@ -38,3 +39,15 @@ class FakeEncoder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._vector(text)
+
+    def _tokens(self, text: str) -> np.ndarray:
+        """One token per word: that word's trigram vector (deterministic, unit rows)."""
+        words = text.split() or [text]
+        return np.vstack([self._vector(w) for w in words]).astype(np.float32)
+
+    def embed_passages_and_tokens(self, texts: Sequence[str], progress=None) -> tuple[np.ndarray, list[np.ndarray]]:
+        self.token_embedded.extend(texts)
+        return self.embed_passages(texts, progress), [self._tokens(t) for t in texts]
+
+    def embed_query_tokens(self, text: str) -> np.ndarray:
+        return self._tokens(text)

@@ -55,10 +55,14 @@ def test_adding_a_week_embeds_only_that_week_and_equals_a_full_rebuild(tmp_path:
     with open_index(tmp_path / "inc") as a, open_index(tmp_path / "full") as b:
         inc, full = Searcher(a, fake_encoder), Searcher(b, fake_encoder)
         for q in ["dense retrieval BM25", "masked language model", "hallucination 해결", "문장 임베딩"]:
-            request = SearchRequest.parse(q, k=5)
-            assert [(h.passage.key, round(h.score, 5)) for h in inc.search(request).hits] == [
-                (h.passage.key, round(h.score, 5)) for h in full.search(request).hits
-            ]
+            # Vectors are the same either way; token states are quantised with the codec fitted
+            # when the index was first built, so late scores may differ in the second decimal
+            # and near-ties further down may swap.
+            for mode, top, tolerance in (("hybrid", 5, 1e-5), ("late", 3, 0.03)):
+                request = SearchRequest.parse(q, k=5, mode=mode)
+                a, b = inc.search(request).hits[:top], full.search(request).hits[:top]
+                assert [h.passage.key for h in a] == [h.passage.key for h in b], (q, mode)
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=tolerance)
 
 
 def test_editing_a_review_reembeds_only_the_changed_passage(notes: Path, tmp_path: Path, fake_encoder):

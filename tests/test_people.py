@@ -107,12 +107,12 @@ def _written_on_speech(folders: list[Path]) -> Counter:
 @pytest.mark.model
 @pytest.mark.parametrize("query", ["음성 인식", "speech recognition"])
 def test_who_on_the_dev_corpora_puts_the_main_speech_author_first(
-    real_index_both: Path, dev_corpus: Path, dev_corpus_2: Path, e5_encoder, query: str
+    real_index_2: Path, dev_corpus: Path, dev_corpus_2: Path, e5_encoder, query: str
 ):
     written = _written_on_speech([dev_corpus / "weeks", dev_corpus_2 / "weeks", SEEDS])
     (first, most), (_, second) = written.most_common(2)
     assert most > 1.2 * second  # a clear answer in the data, else this test would test nothing
-    with open_index(real_index_both) as idx:
+    with open_index(real_index_2) as idx:
         people = who(Searcher(idx, e5_encoder), query, k=3)
     assert people[0].name == first
     assert {p.name for p in people} <= set(written)  # everyone listed wrote on speech

@@ -48,3 +48,33 @@ def test_whisper_query_on_the_seed_week(tmp_path: Path, e5_encoder):
         top = hits[0].passage
         assert top.topic.startswith("Calm-Whisper") and top.reviewer == "박민경", mode
         assert all(h.passage.reviewer and "(내용)" not in h.passage.text for h in hits)
+
+
+# Late interaction (the default mode), on both labelled sets. Measured with
+# `review-search eval QUERIES --index ...` on the indexes the sets' READMEs describe.
+LATE_NDCG = {"dev-corpus": 0.951, "dev-corpus-2": 0.830}
+
+
+@pytest.fixture(scope="module")
+def late_reports(real_index: Path, real_index_2: Path, dev_corpus: Path, dev_corpus_2: Path, e5_encoder):
+    out = {}
+    for name, index, labels in (("dev-corpus", real_index, dev_corpus), ("dev-corpus-2", real_index_2, dev_corpus_2)):
+        with open_index(index) as idx:
+            searcher = Searcher(idx, e5_encoder)
+            queries = read_queries(labels / "queries.jsonl")
+            out[name] = {m: evaluate(searcher, queries, m).summary() for m in ("late", "hybrid")}
+    return out
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("corpus", sorted(LATE_NDCG))
+def test_late_holds_its_level(late_reports, corpus):
+    assert late_reports[corpus]["late"]["all"]["ndcg"] >= LATE_NDCG[corpus] - MARGIN
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("corpus", sorted(LATE_NDCG))
+def test_late_beats_hybrid_overall_and_crosslingual(late_reports, corpus):
+    r = late_reports[corpus]
+    assert r["late"]["all"]["ndcg"] > r["hybrid"]["all"]["ndcg"]
+    assert r["late"]["crosslingual"]["ndcg"] > r["hybrid"]["crosslingual"]["ndcg"]

@@ -161,14 +161,15 @@ def test_section_filter_applies_before_the_top_k_cut(sectioned_index: Path, fake
     query = "데이터가 적다 평가 일반화"
     with open_index(sectioned_index) as idx:
         searcher = Searcher(idx, fake_encoder)
-        unfiltered = searcher.search(SearchRequest.parse(query, k=2, group="passage"))
+        unfiltered = searcher.search(SearchRequest.parse(query, k=2, group="passage", mode="hybrid"))
         # Cutting to k first and filtering after would leave fewer than k here.
         assert {h.passage.section for h in unfiltered.hits} != {"limitations"}
-        only = searcher.search(SearchRequest.parse(query, k=2, group="passage", section="limitations"))
-        assert len(only.hits) == 2
-        assert {h.passage.section for h in only.hits} == {"limitations"}
-        assert {h.passage.week for h in only.hits} == {4}
-        assert only.hits[0].as_dict()["section"] == "limitations"
+        for mode in ("hybrid", "late"):
+            only = searcher.search(SearchRequest.parse(query, k=2, group="passage", section="limitations", mode=mode))
+            assert len(only.hits) == 2
+            assert {h.passage.section for h in only.hits} == {"limitations"}
+            assert {h.passage.week for h in only.hits} == {4}
+            assert only.hits[0].as_dict()["section"] == "limitations"
         assert searcher.search(SearchRequest.parse(query, k=5, section="results")).hits[0].passage.section == "results"
 
 

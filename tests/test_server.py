@@ -22,7 +22,7 @@ from search.build import build_index
 from search.cli import app
 from search.errors import NoIndex
 from search.ranking import Searcher
-from search.request import Filters, SearchRequest
+from search.request import DEFAULT_MODE, Filters, SearchRequest
 from search.server import (
     TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token,
 )
@@ -107,7 +107,7 @@ def search(srv: SearchServer, **params) -> tuple[int, object]:
     return status, body
 
 
-def expected(idx: Path, encoder, query: str, k: int = 5, mode: str = "hybrid", group: str = "review", filters=Filters()):
+def expected(idx: Path, encoder, query: str, k: int = 5, mode: str = DEFAULT_MODE.value, group: str = "review", filters=Filters()):
     with open_index(idx) as index:
         request = SearchRequest(query, k=k, mode=ranking.Mode(mode), group=ranking.Group(group), filters=filters)
         return [h.as_dict() for h in Searcher(index, encoder).search(request).hits]
@@ -530,6 +530,11 @@ class SlowLongQueries(FakeEncoder):
         if len(text) > 200:
             time.sleep(1.5)
         return super().embed_query(text)
+
+    def embed_query_tokens(self, text: str):
+        if len(text) > 200:
+            time.sleep(1.5)
+        return super().embed_query_tokens(text)
 
 
 @pytest.mark.parametrize("concurrent", [True, False])

@@ -1,0 +1,172 @@
+"""Late interaction: the token codec, MaxSim, token states in the index, and the late ranking mode."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from search import late
+from search.build import build_index
+from search.errors import IndexDamaged
+from search.ranking import Searcher
+from search.request import DEFAULT_MODE, Mode, SearchRequest
+from search.store import TOKENS, open_index
+
+
+def token_like(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
+    """Unit rows shaped like e5 token states: one shared direction plus low-rank structure and noise.
+
+    The shape of the distribution is fixed; `seed` only draws different tokens from it.
+    """
+    shape = np.random.default_rng(0)
+    shared, topics = shape.normal(size=dim), shape.normal(size=(40, dim))
+    rng = np.random.default_rng(1000 + seed)
+    x = 3 * shared + rng.normal(size=(n, 40)) @ topics * 0.5 + rng.normal(size=(n, dim)) * 0.3
+    return late.unit_rows(x)
+
+
+def test_maxsim_is_mean_of_best_cosines():
+    q = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)
+    p = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    # token 1's best is 1.0 (p0); token 2's best is 0.8 (p1)
+    assert late.maxsim(q, p) == pytest.approx(0.9)
+    assert late.maxsim(q, p[:1]) == pytest.approx(0.5)
+    assert late.maxsim(q[:0], p) == 0.0
+
+
+def test_keep_mask_drops_specials_prefix_and_punctuation():
+    pieces = ["<s>", "\u2581passage", ":", "\u2581whisper", ",", "\u2581해결", "\u2581", "!", "</s>"]
+    assert late.keep_mask(pieces, 2, "all").all()
+    assert late.keep_mask(pieces, 2, "nospecial").tolist() == [False] + [True] * 7 + [False]
+    assert [p for p, k in zip(pieces, late.keep_mask(pieces, 2, "nopunct")) if k] == ["\u2581whisper", "\u2581해결"]
+    assert late.keep_mask(["<s>", "!", "</s>"], 0).all()  # nothing left: keep everything rather than nothing
+
+
+@pytest.mark.parametrize("bits,floor", [(8, 0.98), (4, 0.93)])
+def test_codec_round_trip_keeps_cosines(bits, floor):
+    fit, held_out = token_like(3000), token_like(300, seed=1)  # same distribution, other tokens
+    codec = late.TokenCodec.fit(fit, dim=256, bits=bits)
+    decoded = codec.decode(codec.encode(held_out))
+    assert decoded.shape == held_out.shape
+    assert np.allclose(np.linalg.norm(decoded, axis=1), 1, atol=1e-4)
+    assert np.einsum("ij,ij->i", decoded, held_out).min() >= floor
+    # what MaxSim sees: the similarity structure between tokens survives
+    sims, approx = held_out[:50] @ held_out[50:].T, decoded[:50] @ held_out[50:].T
+    assert np.abs(sims - approx).max() < 0.1
+
+
+def test_default_codec_fits_the_storage_budget():
+    codec = late.TokenCodec.fit(token_like(2000))
+    # 120 tokens: the mean per passage on the larger labelled set before special,
+    # prefix and punctuation tokens are dropped (about 104 are stored).
+    encoded = codec.encode(token_like(120, seed=2))
+    assert encoded.nbytes <= 16 * 1024
+    assert encoded.nbytes < 120 * 384 * 4 / 10  # over 10x smaller than float32
+
+
+def test_codec_fitted_on_few_tokens_still_has_full_dimension():
+    codec = late.TokenCodec.fit(token_like(10), dim=64)
+    assert codec.basis.shape == (64, 384)
+    assert np.allclose(codec.basis @ codec.basis.T, np.eye(64), atol=1e-4)
+
+
+def test_token_store_saves_without_pickle_and_loads(tmp_path: Path):
+    codec = late.TokenCodec.fit(token_like(500))
+    passages = [token_like(n, seed=n) for n in (3, 7, 1)]
+    store = late.TokenStore.from_encoded(codec, 500, [codec.encode(p) for p in passages])
+    store.save(tmp_path / "t")
+    loaded = late.TokenStore.load(tmp_path / "t")
+    assert len(loaded) == 3 and loaded.total_tokens == 11 and loaded.fitted_tokens == 500
+    for row, p in enumerate(passages):
+        assert np.allclose(loaded.states(row), store.states(row))
+        assert np.einsum("ij,ij->i", loaded.states(row), p).min() > 0.9
+    assert all(np.load(f, allow_pickle=False) is not None for f in (tmp_path / "t").glob("*.npy"))
+
+
+def test_index_holds_token_states_for_every_passage(notes: Path, tmp_path: Path, fake_encoder):
+    summary = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert summary.tokens_embedded == summary.passages
+    with open_index(tmp_path / "idx") as idx:
+        states = idx.token_states(range(idx.size))
+        texts = [p.embed_text for p in idx.passages()]
+    for s, text in zip(states, texts):
+        exact = fake_encoder.embed_passages_and_tokens([text])[1][0]
+        assert s.shape == exact.shape and np.einsum("ij,ij->i", s, exact).min() > 0.9
+
+
+def test_incremental_build_embeds_tokens_of_changed_passages_only(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    week = notes / "week3.md"
+    week.write_text(week.read_text(encoding="utf-8").replace("비용이 낮아진다.", "비용이 크게 낮아진다."), encoding="utf-8")
+    fake_encoder.token_embedded.clear()
+    summary = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert summary.tokens_embedded == summary.embedded == 1
+    assert len(fake_encoder.token_embedded) == 1 and "크게 낮아진다" in fake_encoder.token_embedded[0]
+    with open_index(tmp_path / "idx") as idx:  # reused codes decode as before
+        assert len(idx.tokens) == idx.size
+
+
+def test_index_that_doubles_refits_the_codec_and_reencodes_everything(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    for i in range(3):
+        shutil.copy(notes / "week3.md", notes / f"week{4 + i}.md")
+        (notes / f"week{4 + i}.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("3주차", f"{4 + i}주차")
+                                               .replace("모델이다", f"모델이다 {i}번째"), encoding="utf-8")
+    summary = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert summary.tokens_embedded == summary.passages > summary.embedded
+    with open_index(tmp_path / "idx") as idx:
+        assert idx.tokens.fitted_tokens == idx.tokens.total_tokens
+
+
+def test_damaged_token_file_is_a_one_line_error(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        (idx.folder / TOKENS / late.OFFSETS).write_bytes(b"junk")
+        with pytest.raises(IndexDamaged, match="tokens is damaged"):
+            Searcher(idx, fake_encoder).search(SearchRequest("LoRA low-rank"))
+
+
+def test_late_is_the_default_and_ranks_by_review_maxsim(notes: Path, tmp_path: Path, fake_encoder):
+    assert DEFAULT_MODE == Mode.LATE
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        result = Searcher(idx, fake_encoder).search(SearchRequest.parse("low-rank 행렬 LoRA"))
+    top = result.hits[0]
+    assert top.passage.topic.startswith("LoRA")
+    assert top.score == top.maxsim and 0 < top.maxsim <= 1 and top.fused > 0
+    assert [h.maxsim for h in result.hits] == sorted((h.maxsim for h in result.hits), reverse=True)
+    d = top.as_dict()
+    assert {"score", "dense", "lexical", "maxsim", "fused"} <= d.keys() and d["maxsim"] == round(top.maxsim, 6)
+
+
+def test_late_mode_respects_filters(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("hallucination", reviewer="김철수")).hits
+    assert hits and all(h.passage.reviewer == "김철수" for h in hits)
+
+
+def test_review_scores_equal_maxsim_over_decoded_tokens():
+    codec = late.TokenCodec.fit(token_like(800))
+    passages = [token_like(n, seed=n) for n in (5, 9, 2, 7)]
+    store = late.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
+    query = token_like(6, seed=99)
+    review, passage = late.review_scores(query, store, [[0, 2], [3], [1]])
+    decoded = [store.states(r) for r in range(4)]
+    for r in range(4):
+        assert passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
+    assert review[0] == review[2] == pytest.approx(late.maxsim(query, np.vstack([decoded[0], decoded[2]])), abs=1e-5)
+    assert review[3] == pytest.approx(passage[3], abs=1e-6)
+
+
+def test_empty_index_then_a_week(tmp_path: Path, notes: Path, fake_encoder):
+    (tmp_path / "empty").mkdir()
+    build_index([tmp_path / "empty"], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        assert idx.size == 0 and len(idx.tokens) == 0
+        assert Searcher(idx, fake_encoder).search(SearchRequest.parse("LoRA")).hits == []
+    summary = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert summary.tokens_embedded == summary.passages > 0
