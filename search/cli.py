@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 import typer
 
 from .errors import BadRequest, ReviewSearchError
-from .people import DEPTH
 from .related import RelatedGroup
-from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, MAX_K, Group, Mode
+from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, DEPTH, MAX_K, Group, Mode
 
 if TYPE_CHECKING:
     from .build import BuildSummary

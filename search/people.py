@@ -18,12 +18,11 @@ import math
 from dataclasses import dataclass, field, replace
 
 from .ranking import Hit, Searcher
-from .request import Filters, Group, Mode, SearchRequest
+from .request import DEPTH, Filters, Group, Mode, SearchRequest
 
 # Reviews taken as evidence. On the dev corpora (70 reviews) a one-subject query
 # has 5-10 reviews on it; below rank ~10 the ranking lists other subjects, and
 # crediting them (their presenters above all) let noise outrank real authors.
-DEPTH = 10
 TOP_ITEMS = 3  # items summed per person
 
 

@@ -42,6 +42,7 @@ class Group(str, Enum):
 DEFAULT_MODE = Mode.LATE
 DEFAULT_GROUP = Group.REVIEW
 DEFAULT_K = 5
+DEPTH = 10  # `who`: how many of the best matching reviews count as evidence (people.py)
 
 
 def parse_weeks(text: str) -> tuple[int, int]:

@@ -30,9 +30,9 @@ from typing import Any, Callable, TypeVar
 from .embedding import Encoder
 from .errors import NotFound, ReviewSearchError
 from .ranking import Searcher, SearchResult
-from .people import DEPTH, Person, who
+from .people import Person, who
 from .related import Related, RelatedGroup, related_reviews
-from .request import Filters, Mode, SearchRequest
+from .request import DEPTH, Filters, Mode, SearchRequest
 from .seen import SeenResult, seen
 from .store import Paper, StoredPassage, live_generation, open_index
 

@@ -222,7 +222,7 @@ def test_errors_are_pages_for_the_browser(browser, base_url):
 
 
 def test_a_long_query_does_not_hold_up_a_short_one(base_url):
-    """Issue #10: a short query answers in < 100 ms while a 1,000-character one (seconds of embedding) runs.
+    """Issue #10: a short query answers in < 100 ms while a long one (the longest a query may be) runs.
 
     On a loaded machine the short query shares the CPU with the long one's
     embedding; it must still not wait for it, so the bound grows with what a
@@ -246,5 +246,5 @@ def test_a_long_query_does_not_hold_up_a_short_one(base_url):
         long_seconds = long.result()
     print(f"long query {long_seconds * 1000:.0f} ms; short query {alone * 1000:.0f} ms alone, "
           f"{short * 1000:.0f} ms during the long one")
-    assert long_seconds > 1.0, "the long query was too quick to measure anything"
+    assert long_seconds > max(0.3, 3 * alone), "the long query was too quick to measure anything"
     assert short < max(0.1, 3 * alone)

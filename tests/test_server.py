@@ -460,7 +460,9 @@ def test_a_client_hanging_up_logs_no_traceback(server, monkeypatch, caplog):
         return real(self, request)
 
     monkeypatch.setattr(ranking.Searcher, "search", slow)
-    assert logging.getLogger("uvicorn").propagate  # so caplog would see a logged traceback
+    # `serve` (tested elsewhere) points uvicorn's loggers at stderr; here caplog must see them
+    monkeypatch.setattr(logging.getLogger("uvicorn"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("uvicorn.error"), "propagate", True)
     with caplog.at_level(logging.DEBUG):
         with socket.create_connection(server.server_address, timeout=5) as s:
             s.sendall(b"GET /search?q=LoRA HTTP/1.1\r\nHost: localhost\r\n\r\n")

