@@ -11,7 +11,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import httpx
+import httpx2
 import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters
@@ -206,7 +206,7 @@ def test_http_refuses_other_hosts(http_mcp):
     """Bound to localhost, the endpoint refuses requests addressed elsewhere (DNS rebinding)."""
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     headers = {"Host": "evil.example", "Accept": "application/json, text/event-stream"}
-    r = httpx.post(http_mcp, json=body, headers=headers, timeout=10)
+    r = httpx2.post(http_mcp, json=body, headers=headers, timeout=10)
     assert r.status_code in (403, 421)
 
 
