@@ -19,11 +19,13 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# search first, as in `review-search serve`: it sets the thread settings numpy reads on import.
+import search  # noqa: E402, F401
+import numpy as np  # noqa: E402
+from search.request import DEFAULT_GROUP, DEFAULT_MODE, Group, Mode  # noqa: E402
 from search.store import live_generation  # noqa: E402
 from search.server import make_server  # noqa: E402
 
@@ -70,8 +72,8 @@ def main() -> int:
     ap.add_argument("--corpus", type=Path, default=ROOT.parent / "shared" / "dev-corpus" / "weeks", help="notes for --fake")
     ap.add_argument("-n", type=int, default=200, help="timed queries")
     ap.add_argument("-k", type=int, default=5)
-    ap.add_argument("--mode", default="hybrid", choices=["hybrid", "dense", "lexical"])
-    ap.add_argument("--group", default="review", choices=["review", "passage"])
+    ap.add_argument("--mode", default=DEFAULT_MODE.value, choices=[m.value for m in Mode])
+    ap.add_argument("--group", default=DEFAULT_GROUP.value, choices=[g.value for g in Group])
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
