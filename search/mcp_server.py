@@ -34,7 +34,7 @@ from starlette.types import ASGIApp
 
 from .errors import ReviewSearchError
 from .ranking import Hit
-from .request import MAX_K, Mode, SearchRequest
+from .request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, SearchRequest
 from .service import SearchService
 from .store import StoredPassage
 
@@ -63,8 +63,10 @@ class SearchHit(Citation):
     """One result: a passage of a review, with its scores."""
 
     text: str = Field(description="the passage")
-    score: float = Field(description="what the ranking used (fused rank score, cosine or BM25)")
-    similarity: Optional[float] = Field(description="cosine similarity to the query, when computed")
+    section: str = Field(description="the kind of passage: summary, method, results, opinion, limitations or other")
+    score: float = Field(description="how close the review is to the query: MaxSim (late mode; ~0.80 unrelated, "
+                                     "0.90+ close), cosine (dense, hybrid) or BM25 (lexical)")
+    similarity: Optional[float] = Field(description="cosine similarity of query and passage vectors, when computed")
 
 
 class SearchResults(BaseModel):
@@ -124,7 +126,7 @@ def _citation(p: StoredPassage) -> dict:
 
 
 def _hit(h: Hit) -> SearchHit:
-    return SearchHit(**_citation(h.passage), text=h.passage.text, score=round(float(h.score), 6),
+    return SearchHit(**_citation(h.passage), text=h.passage.text, section=h.passage.section, score=round(float(h.score), 6),
                      similarity=None if h.dense is None else round(float(h.dense), 6))
 
 
@@ -143,16 +145,19 @@ def build_server(service: SearchService) -> MCPServer:
     @server.tool()
     def search(
         query: Annotated[str, Field(description="what to look for, in Korean or English")],
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="how many reviews to return")] = 5,
-        mode: Annotated[Mode, Field(description="hybrid: meaning and words fused (best); dense: meaning only; "
-                                                "lexical: words only")] = Mode.HYBRID,
+        k: Annotated[int, Field(ge=1, le=MAX_K, description="how many reviews to return")] = DEFAULT_K,
+        mode: Annotated[Mode, Field(description="late: token-level meaning fused with words (best); hybrid: "
+                                                "whole-passage meaning and words fused; dense: meaning only; "
+                                                "lexical: words only")] = DEFAULT_MODE,
         reviewer: Annotated[Optional[str], Field(description="only this reviewer's reviews (exact name)")] = None,
         paper: Annotated[Optional[str], Field(description="only papers whose title contains this")] = None,
         weeks: Annotated[Optional[str], Field(description="only these weeks: one (3) or a range (3-5)")] = None,
+        section: Annotated[Optional[str], Field(description="only passages of this kind: summary, method, results, "
+                                                           "opinion, limitations, other (or a label such as 한계)")] = None,
     ) -> SearchResults:
         """Find the review passages closest in meaning to a query; each review appears once, with its best passage."""
         def run() -> SearchResults:
-            request = SearchRequest.parse(query, k, mode, None, reviewer, paper, weeks)
+            request = SearchRequest.parse(query, k, mode, None, reviewer, paper, weeks, section=section)
             result = service.search(request)
             return SearchResults(query=request.query, hits=[_hit(h) for h in result.hits])
 
@@ -161,7 +166,7 @@ def build_server(service: SearchService) -> MCPServer:
     @server.tool()
     def related(
         paper: Annotated[str, Field(description="a reviewed paper: its title, part of it, an acronym or a near spelling")],
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="how many reviews to return")] = 5,
+        k: Annotated[int, Field(ge=1, le=MAX_K, description="how many reviews to return")] = DEFAULT_K,
     ) -> RelatedResults:
         """Reviews of other papers most similar to what was written about this paper (its own reviews excluded)."""
         def run() -> RelatedResults:

@@ -67,7 +67,7 @@ def test_five_tools_with_typed_schemas(service):
     tools = run(go())
     assert set(tools) == TOOLS
     search = tools["search"].input_schema
-    assert set(search["properties"]) == {"query", "k", "mode", "reviewer", "paper", "weeks"}
+    assert set(search["properties"]) == {"query", "k", "mode", "reviewer", "paper", "weeks", "section"}
     assert search["required"] == ["query"]
     assert search["properties"]["k"]["minimum"] == 1
     assert set(tools["get_review"].input_schema["required"]) == {"file", "line"}

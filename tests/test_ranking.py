@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from search.errors import BadRequest
 from search.ranking import ModelMismatch, Searcher, rrf
-from search.request import DEFAULT_MODE, Filters, Group, Mode, SearchRequest
+from search.request import Mode, SearchRequest
 from search.store import open_index
 
 
@@ -74,40 +73,6 @@ def test_filters_apply_before_top_k(searcher: Searcher):
 def test_a_week_only_the_file_name_knows_is_filterable(searcher: Searcher):
     hits = search(searcher, "retrieval", k=10, week="3", group="review")
     assert hits and {h.passage.file for h in hits} == {"2025-03-10_week3.md"}
-
-
-@pytest.mark.parametrize("text, weeks", [("3", (3, 3)), ("3-5", (3, 5)), (" 4 - 4 ", (4, 4))])
-def test_week_ranges(text, weeks):
-    assert Filters.parse(week=text).weeks == weeks
-
-
-@pytest.mark.parametrize("text", ["5-3", "x", "1-2-3", "-3", "99999999999999999999", "3-99999999999999999999"])
-def test_bad_weeks_are_bad_requests(text):
-    with pytest.raises(BadRequest, match="week"):
-        Filters.parse(week=text)
-
-
-@pytest.mark.parametrize(
-    "kw, message",
-    [
-        ({"query": "   "}, "empty"),
-        ({"query": "x", "mode": "magic"}, "mode takes one of"),
-        ({"query": "x", "group": "paper"}, "group takes one of"),
-        ({"query": "x", "k": "0"}, "k takes a whole number from 1"),
-        ({"query": "x", "k": "ten"}, "k takes a whole number"),
-        ({"query": "x", "min_score": "high"}, "min_score takes a number"),
-    ],
-)
-def test_request_validation_names_the_field(kw, message):
-    with pytest.raises(BadRequest, match=message):
-        SearchRequest.parse(**kw)
-
-
-def test_request_defaults_and_truncation():
-    r = SearchRequest.parse("  whisper  ")
-    assert (r.query, r.k, r.mode, r.group, r.filters, r.min_score) == ("whisper", 5, DEFAULT_MODE, Group.REVIEW, Filters(), None)
-    long = SearchRequest.parse("가" * 5000)
-    assert long.truncated and len(long.query) < 5000
 
 
 def test_querying_with_another_model_is_an_error(searcher: Searcher):
