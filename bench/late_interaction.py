@@ -6,7 +6,7 @@ describe, embeds the token states of every passage and query once (cached as
 .npy under --cache), then replays rankings offline:
 
     python bench/late_interaction.py                 # every table
-    python bench/late_interaction.py --only codec    # one table: arrange|tokens|codec|levers|absent
+    python bench/late_interaction.py --only codec    # one table: arrange|tokens|codec|levers|absent|ideas
 
 Set A = ../shared/dev-corpus (index: its weeks + seeds), set B =
 ../shared/dev-corpus-2 (index: its weeks + dev-corpus + seeds). Choices are
@@ -88,6 +88,9 @@ class SetData:
     idf_weight: np.ndarray  # (q,) matched IDF mass fraction
     p_tokens: list  # per row (ids, states)
     q_tokens: list  # per query (ids, states)
+    vectors: np.ndarray | None = None  # (rows, dim) passage vectors
+    qvec: np.ndarray | None = None  # (q, dim) query vectors
+    p_terms: list | None = None  # per row, its BM25 terms
 
 
 def idf_fraction(lex, query: str) -> float:
@@ -136,6 +139,9 @@ def load_set(name: str, encoder: DefaultE5Encoder, index_root: Path, cache: Path
         idf_weight=np.array([idf_fraction(lex, q.query) for q in queries]),
         p_tokens=token_states(encoder, [p.embed_text for p in passages], "passage: ", cache),
         q_tokens=token_states(encoder, [q.query for q in queries], "query: ", cache),
+        vectors=np.asarray(vectors),
+        qvec=qvec,
+        p_terms=[p.terms.split() for p in passages],
     )
 
 
@@ -214,7 +220,7 @@ def arrangements(ms: np.ndarray, d: SetData, rv: np.ndarray | None = None):
     if rv is not None:
         out["RRF review-maxsim+lex"] = lambda i: rrf([rv[i], d.lexical[i]], [1, 1], [None, lex_mask[i]])
         out["RRF review-maxsim+dense+lex"] = lambda i: rrf([rv[i], d.dense[i], d.lexical[i]], [1, 1, 1], [None, None, lex_mask[i]])
-        for w in (1.5, 2.0, 3.0):
+        for w in sorted({1.5, 2.0, 3.0, late.MAXSIM_WEIGHT}):
             out[f"RRF review-maxsim x{w}+lex"] = lambda i, w=w: rrf([rv[i], d.lexical[i]], [w, 1], [None, lex_mask[i]])
     for n in (20, 50):
         def rerank(i, n=n):
@@ -251,7 +257,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/late-interaction-cache"))
     ap.add_argument("--indexes", type=Path, default=Path("/tmp"))
-    ap.add_argument("--only", choices=["tokens", "arrange", "codec", "levers", "absent"])
+    ap.add_argument("--only", choices=["tokens", "arrange", "codec", "levers", "absent", "ideas"])
     args = ap.parse_args()
 
     encoder = DefaultE5Encoder()
@@ -298,6 +304,8 @@ def main() -> None:
         levers(data, tok)
     if args.only in (None, "absent"):
         absent(data, tok)
+    if args.only in (None, "ideas"):
+        ideas(data, tok)
 
 
 CHOSEN = f"RRF review-maxsim x{late.MAXSIM_WEIGHT}+lex"
@@ -358,19 +366,21 @@ def review_level(d: SetData, ms: MaxSim, weights: list[np.ndarray] | None = None
     return out
 
 
+def kept_ids(tok, ids: np.ndarray, prefix: str) -> np.ndarray:
+    """The token ids late.keep_mask keeps of one tokenised `prefix + text`."""
+    pieces = tok.convert_ids_to_tokens(ids.tolist())
+    n_prefix = len(tok(prefix.strip(), add_special_tokens=False)["input_ids"])
+    return ids[late.keep_mask(pieces, n_prefix)]
+
+
 def query_token_idf(d: SetData, tok) -> list[np.ndarray]:
     """Per query, the IDF of each kept token id over the passages of the index (unseen ids: the maximum)."""
-    def kept_ids(ids, prefix):
-        pieces = tok.convert_ids_to_tokens(ids.tolist())
-        n_prefix = len(tok(prefix.strip(), add_special_tokens=False)["input_ids"])
-        return ids[late.keep_mask(pieces, n_prefix)]
-
     df: dict[int, int] = {}
     for ids, _ in d.p_tokens:
-        for t in set(kept_ids(ids, late.PASSAGE_PREFIX).tolist()):
+        for t in set(kept_ids(tok, ids, late.PASSAGE_PREFIX).tolist()):
             df[t] = df.get(t, 0) + 1
     n = len(d.p_tokens)
-    return [np.log((n + 1) / (np.array([df.get(t, 0) for t in kept_ids(ids, late.QUERY_PREFIX).tolist()]) + 0.5))
+    return [np.log((n + 1) / (np.array([df.get(t, 0) for t in kept_ids(tok, ids, late.QUERY_PREFIX).tolist()]) + 0.5))
             for ids, _ in d.q_tokens]
 
 
@@ -426,6 +436,204 @@ def absent(data, tok) -> None:
             print(f"  {n} {label}: absent {np.round(np.sort(a), 3).tolist()}, answerable min {ok.min():.3f} "
                   f"p10 {np.quantile(ok, 0.1):.3f} median {np.median(ok):.3f}; a threshold above every absent "
                   f"query hides {hidden} of {len(ok)} answerable")
+
+
+
+# ---------------------------------------------------------------- ideas on top of the default, replayed as it ranks
+
+
+def fuse_orders(orders: list[np.ndarray], weights: list[float], n: int, k: int = RRF_K) -> np.ndarray:
+    """Weighted RRF of row orders (best first); rows missing from an order get nothing from it."""
+    fused = np.zeros(n)
+    for order, w in zip(orders, weights):
+        fused[order] += w / (k + np.arange(1, len(order) + 1))
+    return fused
+
+
+def order_of(*keys: np.ndarray) -> np.ndarray:
+    """Rows best first by the keys (first key most significant, higher better), row number last."""
+    n = len(keys[0])
+    return np.lexsort((np.arange(n),) + tuple(-k for k in reversed(keys)))
+
+
+BASELINE_WEIGHT = 2.0  # late.MAXSIM_WEIGHT when the ideas table was made
+
+
+@dataclass
+class Replay:
+    """One set's scores as the default ranking sees them (codec-decoded passage tokens, as stored)."""
+
+    d: SetData
+    ms: MaxSim
+    groups: list[list[int]]  # rows per review
+    review_of: np.ndarray  # row -> group index
+    rv: np.ndarray | None = None  # (q, rows) the default's review MaxSim
+
+    def lex_order(self, i: int, lexical: np.ndarray | None = None) -> np.ndarray:
+        s = self.d.lexical[i] if lexical is None else lexical
+        rows = np.nonzero(s > 0)[0]
+        return rows[order_of(s[rows])]
+
+    def default(self, i: int, review: np.ndarray | None = None, k: int = RRF_K, extra=(), lexical=None,
+                weight: float = BASELINE_WEIGHT) -> np.ndarray:
+        """search.ranking's late fusion: review MaxSim (passage MaxSim breaks ties) x2 + BM25, plus `extra` (order, weight).
+
+        `weight` defaults to x2, the value before this table chose late.MAXSIM_WEIGHT, so "default" rows stay that baseline.
+        """
+        rv = self.rv[i] if review is None else review
+        orders = [order_of(rv, self.ms.scores[i]), self.lex_order(i, lexical)] + [o for o, _ in extra]
+        weights = [weight, 1.0] + [w for _, w in extra]
+        return fuse_orders(orders, weights, len(rv), k)
+
+
+def make_replay(d: SetData, tok, codec: tuple[int, int] | None = (late.CODEC_DIM, late.CODEC_BITS)) -> Replay:
+    """The replay with tokens through a codec of (dim, bits) fitted on the index's own tokens, as a fresh build does."""
+    pre = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, late.PASSAGE_PREFIX) for ids, s in d.p_tokens]
+    ms = MaxSim(d, tok, late.TOKEN_RULE, None, None if codec is None else late.TokenCodec.fit(np.vstack(pre), *codec))
+    keys: dict = {}
+    review_of = np.array([keys.setdefault(key, len(keys)) for key in d.review_of_row])
+    groups = [list(np.nonzero(review_of == g)[0]) for g in range(len(keys))]
+    r = Replay(d, ms, groups, review_of)
+    r.rv = review_variants(r)["union (default)"]
+    return r
+
+
+def review_variants(r: Replay, q_weights: dict[str, list[np.ndarray]] | None = None, prf: dict | None = None) -> dict[str, np.ndarray]:
+    """Review-level score matrices (q, rows) for aggregation, symmetric MaxSim and query-token weights."""
+    ms, nq = r.ms, len(r.ms.q)
+    out: dict[str, np.ndarray] = {}
+
+    def put(name, qi, rows, v):
+        out.setdefault(name, np.zeros((nq, len(r.review_of))))[qi, rows] = v
+
+    for rows in r.groups:
+        toks = np.vstack([ms.p[x] for x in rows])
+        per_passage = np.sort(ms.scores[:, rows], axis=1)[:, ::-1]
+        for qi, q in enumerate(ms.q):
+            sim = q @ toks.T
+            best = sim.max(axis=1)
+            put("union (default)", qi, rows, best.mean())
+            put("best passage", qi, rows, per_passage[qi, 0])
+            put("top-2 passages mean", qi, rows, per_passage[qi, :2].mean())
+            put("(union + best passage)/2", qi, rows, (best.mean() + per_passage[qi, 0]) / 2)
+            back = sim.max(axis=0).mean()
+            for a in (0.25, 0.5, 1.0):
+                put(f"symmetric, review->query x{a}", qi, rows, (best.mean() + a * back) / (1 + a))
+            for name, ws in (q_weights or {}).items():
+                w = ws[qi]
+                put(name, qi, rows, (best * w).sum() / w.sum() if w.sum() > 0 else best.mean())
+            if prf is not None:
+                e = prf["tokens"][qi]
+                eb = (e @ toks.T).max(axis=1) if len(e) else np.zeros(0)
+                for beta in prf["betas"]:
+                    put(f"PRF beta {beta}", qi, rows, (best.sum() + beta * eb.sum()) / (len(best) + beta * len(eb)))
+    return out
+
+
+def query_token_df(d: SetData, tok, by_review: bool) -> tuple[list[np.ndarray], int]:
+    """Per query, the document frequency of each kept token id over passages (or reviews), and that count."""
+    units: dict = {}
+    for r, (ids, _) in enumerate(d.p_tokens):
+        units.setdefault(d.review_of_row[r] if by_review else r, set()).update(kept_ids(tok, ids, late.PASSAGE_PREFIX).tolist())
+    df: dict[int, int] = {}
+    for toks in units.values():
+        for t in toks:
+            df[t] = df.get(t, 0) + 1
+    return [np.array([df.get(t, 0) for t in kept_ids(tok, ids, late.QUERY_PREFIX).tolist()], float) for ids, _ in d.q_tokens], len(units)
+
+
+def ideas(data, tok) -> None:
+    """Each idea's settings on both sets; a setting is chosen on one set and confirmed on the other."""
+    res: dict[str, dict[str, dict[str, dict]]] = {}  # idea -> setting -> set -> summary
+
+    def record(idea, setting, n, d, fn):
+        res.setdefault(idea, {}).setdefault(setting, {})[n] = evaluate(d, fn)
+
+    for n, d in data.items():
+        r = make_replay(d, tok)
+        nq = len(d.queries)
+        base = lambda i: r.default(i)  # noqa: E731
+        for idea in ("dense third ranking", "query token weights", "symmetric MaxSim", "review aggregation",
+                     "token PRF", "BM25 over reviews", "RRF k", "MaxSim weight"):
+            record(idea, "default", n, d, base)
+
+        # 1. dense cosine as a third ranking: passage cosine, best passage of the review, review mean vector
+        mean_vec = np.zeros((len(r.groups), d.vectors.shape[1]))
+        for g, rows in enumerate(r.groups):
+            mean_vec[g] = late.unit_rows(d.vectors[rows].mean(0, keepdims=True))[0]
+        rev_mean = (d.qvec @ mean_vec.T)[:, r.review_of]
+        rev_max = np.zeros_like(d.dense)
+        for rows in r.groups:
+            rev_max[:, rows] = d.dense[:, rows].max(axis=1, keepdims=True)
+        for label, mat in (("passage cosine", d.dense), ("review best cosine", rev_max), ("review mean-vector cosine", rev_mean)):
+            for w in (0.25, 0.5, 1.0):
+                record("dense third ranking", f"{label} x{w}", n, d,
+                       lambda i, mat=mat, w=w: r.default(i, extra=[(order_of(mat[i], d.dense[i]), w)]))
+
+        # 2-4. query token weights (IDF over passages or reviews, drop tokens in over half), symmetric, aggregation
+        weights = {}
+        for by_review in (False, True):
+            df, units = query_token_df(d, tok, by_review)
+            unit = "reviews" if by_review else "passages"
+            weights[f"IDF over {unit}"] = [np.log((units + 1) / (x + 0.5)) for x in df]
+            weights[f"sqrt IDF over {unit}"] = [np.sqrt(np.log((units + 1) / (x + 0.5))) for x in df]
+            weights[f"drop tokens in > half the {unit}"] = [(x <= units / 2).astype(float) for x in df]
+        # 5. token PRF: the tokens of the default's top review that best match each query token
+        tops = [r.review_of[np.argmax(base(i))] for i in range(nq)]
+        prf_tokens = []
+        for i, g in enumerate(tops):
+            toks = np.vstack([r.ms.p[x] for x in r.groups[g]])
+            sim = r.ms.q[i] @ toks.T
+            prf_tokens.append(toks[np.argsort(-sim.max(axis=0))[: len(r.ms.q[i])]])
+        variants = review_variants(r, weights, {"tokens": prf_tokens, "betas": (0.25, 0.5, 1.0)})
+        for name, mat in variants.items():
+            idea = ("query token weights" if name in weights else "token PRF" if name.startswith("PRF")
+                    else "symmetric MaxSim" if name.startswith("symmetric") else "review aggregation")
+            if name != "union (default)":
+                record(idea, name, n, d, lambda i, mat=mat: r.default(i, review=mat[i]))
+
+        # 6. BM25 over whole reviews (a review's passages' terms as one document), instead of or with passages
+        from search.lexical import LexicalIndex
+
+        rev_lex = LexicalIndex.build([[t for x in rows for t in d.p_terms[x]] for rows in r.groups])
+        rev_bm25 = np.vstack([rev_lex.scores_for(rev_lex.terms(q.query))[r.review_of] for q in d.queries])
+        record("BM25 over reviews", "reviews instead of passages", n, d, lambda i: r.default(i, lexical=rev_bm25[i]))
+        for w in (0.5, 1.0):
+            record("BM25 over reviews", f"passages + reviews x{w}", n, d,
+                   lambda i, w=w: r.default(i, extra=[(r.lex_order(i, rev_bm25[i] + 1e-6 * d.lexical[i]), w)]))
+
+        # 7. RRF k
+        for k in (10, 20, 30, 45, 80, 100):
+            record("RRF k", f"k={k}", n, d, lambda i, k=k: r.default(i, k=k))
+        # 8. the MaxSim ranking's weight (x2 was chosen on float32 tokens, where x2 and x3 tied)
+        for w in (1.0, 1.5, 2.5, 3.0, 4.0, 5.0, 8.0):
+            record("MaxSim weight", f"x{w}", n, d, lambda i, w=w: r.default(i, weight=w))
+
+    kinds = ("all", "paraphrase", "crosslingual", "opinion", "related")
+    print(f"\n## The fusion's shape under other token precisions (is the gain the stored codec's?), nDCG@10: "
+          f"{' | '.join(kinds)}")
+    for label, codec in (("float32", None), ("PCA384 int8", (384, 8)), ("PCA256 int8", (256, 8)),
+                         (f"PCA{late.CODEC_DIM} int{late.CODEC_BITS} (stored)", (late.CODEC_DIM, late.CODEC_BITS)),
+                         ("PCA192 int4", (192, 4))):
+        reps = {n: make_replay(d, tok, codec) for n, d in data.items()}
+        for k, w in ((RRF_K, BASELINE_WEIGHT), (RRF_K, 3.0), (RRF_K, 4.0), (10, BASELINE_WEIGHT)):
+            per = {n: evaluate(d, lambda i: reps[n].default(i, k=k, weight=w)) for n, d in data.items()}
+            print(f"  {label:20s} k={k:2d} x{w}   A: {fmt(per['A'], kinds)}   B: {fmt(per['B'], kinds)}")
+    print(f"\n## Ideas on the default (MaxSim x{BASELINE_WEIGHT} + BM25, RRF k = {RRF_K}; codec-decoded tokens, as stored), "
+          f"nDCG@10: {' | '.join(kinds)}")
+    for idea, settings in res.items():
+        print(f"\n### {idea}")
+        for setting, per in settings.items():
+            print(f"  {setting:40s} A: {fmt(per['A'], kinds)}   B: {fmt(per['B'], kinds)}")
+        for pick, other in (("A", "B"), ("B", "A")):
+            # ties go to the default, then to the earlier setting: a change has to win to be chosen
+            best = max(settings, key=lambda s: (settings[s][pick]["all"]["ndcg"], s == "default"))
+            dflt = settings["default"]
+            print(f"  chosen on {pick}: {best!r} {pick} {settings[best][pick]['all']['ndcg']:.3f} "
+                  f"(default {dflt[pick]['all']['ndcg']:.3f}); confirmed on {other}: "
+                  f"{settings[best][other]['all']['ndcg']:.3f} (default {dflt[other]['all']['ndcg']:.3f}), "
+                  f"paraphrase {settings[best][other]['paraphrase']['ndcg']:.3f} "
+                  f"(default {dflt[other]['paraphrase']['ndcg']:.3f})")
 
 
 if __name__ == "__main__":

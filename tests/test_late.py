@@ -11,7 +11,7 @@ import pytest
 from search import late
 from search.build import build_index
 from search.errors import IndexDamaged
-from search.ranking import Searcher
+from search.ranking import RRF_K, Searcher
 from search.request import DEFAULT_MODE, Mode, SearchRequest
 from search.store import TOKENS, open_index
 
@@ -140,6 +140,20 @@ def test_late_is_the_default_and_ranks_by_review_maxsim(notes: Path, tmp_path: P
     assert [h.maxsim for h in result.hits] == sorted((h.maxsim for h in result.hits), reverse=True)
     d = top.as_dict()
     assert {"score", "dense", "lexical", "maxsim", "fused"} <= d.keys() and d["maxsim"] == round(top.maxsim, 6)
+
+
+def test_late_fusion_weights_maxsim_ranks_over_bm25_ranks(notes: Path, tmp_path: Path, fake_encoder):
+    # Every fused value is MAXSIM_WEIGHT/(RRF_K + i), plus 1/(RRF_K + j) when BM25 ranked the row j-th.
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("low-rank 행렬 LoRA", k=50, group="passage")).hits
+        n = idx.size
+    k, w = RRF_K, late.MAXSIM_WEIGHT
+    values = {w / (k + i) + extra for i in range(1, n + 1) for extra in [0.0] + [1 / (k + j) for j in range(1, n + 1)]}
+    assert len(hits) == n
+    for h in hits:
+        assert min(abs(h.fused - v) for v in values) < 1e-12, h.fused
+    assert hits[0].fused > w / (k + 1)  # the top row is first by MaxSim and matched BM25 too
 
 
 def test_late_mode_respects_filters(notes: Path, tmp_path: Path, fake_encoder):
