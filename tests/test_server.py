@@ -225,9 +225,10 @@ def test_other_methods_get_a_json_error(server: SearchServer):
     assert code == 405 and set(body) == {"error"}
 
 
-def test_internal_errors_hide_the_traceback_and_log_it(server: SearchServer, monkeypatch, caplog):
+@pytest.mark.parametrize("internal", [RuntimeError, ValueError])  # a numpy ValueError is no bad request
+def test_internal_errors_hide_the_traceback_and_log_it(server: SearchServer, monkeypatch, caplog, internal):
     def broken(*args, **kwargs):
-        raise RuntimeError("secret internals")
+        raise internal("secret internals")
 
     monkeypatch.setattr(ranking.Searcher, "search", broken)
     with caplog.at_level(logging.ERROR):
