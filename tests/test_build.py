@@ -133,12 +133,12 @@ def test_roots_default_to_seeds_only_for_a_new_index_folder(notes: Path, tmp_pat
         build_roots(None, tmp_path / "idx")
 
 
-def test_no_placeholder_is_ever_indexed(dev_corpus: Path, tmp_path: Path, fake_encoder):
-    build_index([dev_corpus / "weeks", SEEDS], tmp_path / "idx", fake_encoder)
+def test_no_placeholder_is_ever_indexed(tmp_path: Path, fake_encoder):
+    build_index([CORPUS, SEEDS], tmp_path / "idx", fake_encoder)
     with open_index(tmp_path / "idx") as idx:
         ps = idx.passages()
     assert all(p.reviewer and "(내용)" not in p.text for p in ps)
-    assert len({p.review_key for p in ps}) == 25
+    assert len({p.review_key for p in ps}) == 9 + 4  # the corpus's real reviews and the seed week's
 
 
 def test_unchanged_passages_reuse_their_terms_without_kiwi(notes: Path, tmp_path: Path, fake_encoder, monkeypatch):

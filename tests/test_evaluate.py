@@ -14,6 +14,8 @@ from search.errors import BadRequest
 from search.evaluate import LabelledQuery, Report, read_queries, score_query
 from search.request import Mode
 
+from conftest import CORPUS
+
 A, B, C, D = (("f.md", t, "r") for t in "ABCD")
 
 
@@ -59,15 +61,19 @@ def test_dev_queries_parse(dev_corpus: Path):
     assert sum(len(q.grades) for q in qs) == 50
 
 
-def test_eval_command(dev_corpus: Path, tmp_path: Path, fake_model):
+def test_eval_command(tmp_path: Path, fake_model):
+    # tests/corpus carries four labelled queries of its own, in the dev corpora's format
     runner = CliRunner()
-    assert runner.invoke(app, ["index", str(dev_corpus / "weeks"), "--index", str(tmp_path / "i"), "--model", fake_model.model_id]).exit_code == 0
-    result = runner.invoke(app, ["eval", str(dev_corpus / "queries.jsonl"), "--index", str(tmp_path / "i"), "--json"])
+    assert runner.invoke(app, ["index", str(CORPUS), "--index", str(tmp_path / "i"), "--model", fake_model.model_id]).exit_code == 0
+    result = runner.invoke(app, ["eval", str(CORPUS / "queries.jsonl"), "--index", str(tmp_path / "i"), "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert set(out) == {m.value for m in Mode}
     for report in out.values():
-        assert report["summary"]["all"]["n"] == 25
-        assert 0 <= report["summary"]["all"]["ndcg"] <= 1
-    human = runner.invoke(app, ["eval", str(dev_corpus / "queries.jsonl"), "--index", str(tmp_path / "i"), "--mode", "lexical"])
+        summary = report["summary"]
+        assert summary["all"]["n"] == 4 and summary["absent"] == {"n": 1}
+        assert 0 <= summary["all"]["ndcg"] <= 1
+    # the keyword query's answer is found first by BM25 alone
+    assert next(q for q in out["lexical"]["queries"] if q["id"] == "t1")["hit1"] == 1.0
+    human = runner.invoke(app, ["eval", str(CORPUS / "queries.jsonl"), "--index", str(tmp_path / "i"), "--mode", "lexical"])
     assert human.exit_code == 0 and "crosslingual" in human.output and "nDCG@10" in human.output

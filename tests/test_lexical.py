@@ -8,6 +8,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import CORPUS, DEV, DEV2, SEEDS
+
 from search.lexical import LexicalIndex, QuerySegmenter, passage_terms, query_terms
 from search.reader import read_reviews
 
@@ -54,14 +56,15 @@ def test_query_terms_equal_plain_greedy_matching(vocab, parts):
     assert query_terms(query, vocab) == greedy_reference(query, vocab)
 
 
-def test_query_terms_equal_plain_greedy_matching_on_the_notes(dev_corpus: Path):
-    # Every sentence of both labelled corpora, as a query, against their whole vocabulary.
-    folders = [dev_corpus / "weeks", dev_corpus.parent / "dev-corpus-2" / "weeks"]
+def test_query_terms_equal_plain_greedy_matching_on_the_notes():
+    # Every sentence of the notes at hand (ours, the seed week, and the labelled corpora where
+    # present), as a query, against their whole vocabulary.
+    folders = [CORPUS, SEEDS, DEV / "weeks", DEV2 / "weeks"]
     texts = [r.body for r in read_reviews([f for f in folders if f.is_dir()]).reviews]
     vocab = {t for terms in passage_terms(texts) for t in terms}
     segmenter = QuerySegmenter(vocab)
     sentences = [s for text in texts for s in re.split(r"[.\n]", text) if s.strip()]
-    assert len(sentences) > 300
+    assert len(sentences) > 50
     for s in sentences:
         assert segmenter.terms(s) == greedy_reference(s, vocab)
     # and with the spaces taken out, the way hurried queries are typed
@@ -95,7 +98,7 @@ def test_long_queries_without_spaces_segment_in_linear_time():
     assert terms[:4] == ["가나다라마바사아자차카타파", "문제", "해결", "강화"]
 
 
-def test_query_terms_match_kiwi_on_the_notes(dev_corpus: Path):
+def test_query_terms_match_kiwi_on_the_notes():
     # The query-side segmenter must find what Kiwi finds in the same sentence.
     text = "위스퍼는 hallucination문제가 있고 디코더의 self-attention 헤드를 파인튜닝한다"
     (kiwi_terms,) = passage_terms([text])

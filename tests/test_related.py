@@ -8,13 +8,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from search.build import build_index
 from search.cli import app
 from search.request import Filters
 from search.related import AmbiguousTopic, TopicNotFound, initials, match_topic, related_reviews
 from search.store import open_index
 
-ROOT = Path(__file__).resolve().parent.parent
 TITLES = [
     "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
     "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
@@ -55,16 +53,17 @@ def test_initials():
 
 
 @pytest.fixture
-def index(dev_corpus: Path, tmp_path: Path, fake_encoder):
-    build_index([dev_corpus / "weeks", ROOT / "seeds"], tmp_path / "idx", fake_encoder)
-    return open_index(tmp_path / "idx")
+def index(corpus_index: Path):
+    """tests/corpus: 6 papers, 9 reviews (Whisper, BERT and DPR have two each)."""
+    with open_index(corpus_index) as idx:
+        yield idx
 
 
 def test_paper_itself_is_excluded_and_one_entry_per_review(index):
     title, entries = related_reviews(index, "Sentence-BERT", k=100)
     assert title == TITLES[1]
     keys = [e.hit.passage.review_key for e in entries]
-    assert len(keys) == len(set(keys)) == 25 - 2  # every review but the paper's two
+    assert len(keys) == len(set(keys)) == 9 - 1  # every review but the paper's one
     assert all(e.hit.passage.topic != title for e in entries)
     assert [e.hit.score for e in entries] == sorted((e.hit.score for e in entries), reverse=True)
 
@@ -72,20 +71,21 @@ def test_paper_itself_is_excluded_and_one_entry_per_review(index):
 def test_group_by_paper_rolls_reviews_up(index):
     _, entries = related_reviews(index, "Sentence-BERT", k=100, group="paper")
     topics = [(e.hit.passage.path, e.hit.passage.topic_no) for e in entries]
-    assert len(topics) == len(set(topics)) == 14 - 1  # 14 reviewed papers, minus this one
-    spec = [e for e in entries if e.hit.passage.topic.startswith("SpecAugment")][0]
-    assert sorted(spec.reviewers) == ["박민경", "장재후"]
+    assert len(topics) == len(set(topics)) == 6 - 1  # 6 reviewed papers, minus this one
+    whisper = [e for e in entries if "Speech Recognition" in e.hit.passage.topic][0]
+    assert sorted(whisper.reviewers) == ["박민수", "이영희"]
 
 
 def test_filters_apply_before_top_k(index):
-    _, entries = related_reviews(index, "Sentence-BERT", k=3, filters=Filters(reviewer="장재후"))
-    assert len(entries) == 3 and {e.hit.passage.reviewer for e in entries} == {"장재후"}
-    _, entries = related_reviews(index, "Sentence-BERT", k=3, filters=Filters(weeks=(15, 15)))
-    assert len(entries) == 3 and {e.hit.passage.week for e in entries} == {15}
+    _, entries = related_reviews(index, "Sentence-BERT", k=2, filters=Filters(reviewer="김철수"))
+    assert len(entries) == 2 and {e.hit.passage.reviewer for e in entries} == {"김철수"}
+    _, entries = related_reviews(index, "Sentence-BERT", k=3, filters=Filters(weeks=(1, 1)))
+    assert len(entries) == 3 and {e.hit.passage.week for e in entries} == {1}
 
 
 def test_calm_whisper_neighbours_are_speech_reviews(real_index: Path):
-    _, entries = related_reviews(open_index(real_index), "Calm-Whisper", k=2)
+    with open_index(real_index) as idx:
+        _, entries = related_reviews(idx, "Calm-Whisper", k=2)
     assert {e.hit.passage.topic.split(":")[0] for e in entries} == {"SpecAugment"}
 
 
