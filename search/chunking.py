@@ -66,18 +66,22 @@ def is_label(line: str) -> bool:
 _BULLET = re.compile(r"^[-*+]\s")
 
 
-def _labels(paragraph: list[Line]) -> list[str]:
-    """The label lines a paragraph starts with (bullets are list items, not labels)."""
+def _leading_labels(block: list[Line]) -> list[Line]:
+    """The label lines a block starts with, before its text (bullets inside a block are list items)."""
     labels = []
-    for _, text in paragraph[:-1]:
-        if not is_label(text) or _BULLET.match(text):
+    for line in block[:-1]:
+        if not is_label(line[1]) or _BULLET.match(line[1]):
             break
-        labels.append(text)
+        labels.append(line)
     return labels
 
 
-def _paragraphs(review: Review) -> Iterator[list[Line]]:
-    """Blocks, with lone label lines joined to the block that follows them."""
+def _paragraphs(review: Review) -> Iterator[tuple[list[Line], list[Line]]]:
+    """Each paragraph's label lines and the paragraph itself (the labels included).
+
+    Labels are the lone label lines before a block, joined to it, and the label
+    lines the block itself starts with.
+    """
     labels: list[Line] = []
     for block in _blocks(review):
         if [text for _, text in block] == [PLACEHOLDER]:
@@ -85,10 +89,10 @@ def _paragraphs(review: Review) -> Iterator[list[Line]]:
         if len(block) == 1 and is_label(block[0][1]):
             labels.append(block[0])
             continue
-        yield labels + block
+        yield labels + _leading_labels(block), labels + block
         labels = []
     if labels:  # labels with nothing after them still say something
-        yield labels
+        yield labels, labels
 
 
 def _render(units: list[Line]) -> str:
@@ -138,10 +142,9 @@ def chunk_review(review: Review, count: TokenCounter, budget: int = MAX_PASSAGE_
     """Split one review into passages under `budget` tokens, each with its file line numbers."""
     passages: list[Passage] = []
     section = Section.OTHER
-    for paragraph in _paragraphs(review):
-        labels = _labels(paragraph)
+    for labels, paragraph in _paragraphs(review):
         if labels:  # a new label starts a new section; unlabelled paragraphs continue the last one
-            section = section_of(labels) or Section.OTHER
+            section = section_of(text for _, text in labels)
         for piece in _fit(paragraph, count, budget):
             text = _render(piece)
             passages.append(

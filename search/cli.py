@@ -14,8 +14,7 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 import typer
 
 from .errors import BadRequest, ReviewSearchError
-from .related import RelatedGroup
-from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, DEPTH, MAX_K, Group, Mode
+from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, DEPTH, MAX_K, Group, Mode, RelatedGroup
 
 if TYPE_CHECKING:
     from .build import BuildSummary
@@ -283,7 +282,7 @@ def seen(
 def who(
     text: str = typer.Argument(..., help="The subject, in Korean or English."),
     index_dir: Path = IndexOpt,
-    k: int = typer.Option(5, "-k", "--k", min=1, max=MAX_K, help="How many people."),
+    k: int = typer.Option(DEFAULT_K, "-k", "--k", min=1, max=MAX_K, help="How many people."),
     depth: int = typer.Option(DEPTH, "--depth", min=1, max=MAX_K, help="How many of the best matching reviews count as evidence."),
     mode: Mode = typer.Option(DEFAULT_MODE, "--mode", help="How to rank the reviews."),
     reviewer: Optional[str] = ReviewerOpt,

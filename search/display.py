@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 import re
 import unicodedata
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .ranking import Hit
-from .store import Paper
+if TYPE_CHECKING:  # for annotations only: printing an error must not import the search stack
+    from .ranking import Hit
+    from .store import Paper
 
 
 # Escaped wherever text from disk is printed: controls (C0, DEL and the C1 range

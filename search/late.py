@@ -217,6 +217,8 @@ class TokenStore:
         import json
 
         info = json.loads((folder / INFO).read_text(encoding="utf-8"))
+        if info.get("rule") != TOKEN_RULE:  # stored tokens kept by another rule would not match the query's
+            raise ValueError(f"token states kept by rule {info.get('rule')!r}, this version uses {TOKEN_RULE!r}")
         arrays = {n: np.load(folder / n, allow_pickle=False, mmap_mode="r") for n in (CODES, SCALES, OFFSETS)}
         codec = TokenCodec(np.load(folder / MEAN, allow_pickle=False), np.load(folder / BASIS, allow_pickle=False), int(info["bits"]))
         offsets = np.asarray(arrays[OFFSETS])

@@ -40,14 +40,8 @@ class Hit:
 
     def as_dict(self) -> dict:
         """The JSON shape of `query --json` and the HTTP API."""
-        return {
-            **self.passage.public(),
-            "score": round(float(self.score), 6),
-            "dense": None if self.dense is None else round(float(self.dense), 6),
-            "lexical": None if self.lexical is None else round(float(self.lexical), 6),
-            "maxsim": None if self.maxsim is None else round(float(self.maxsim), 6),
-            "fused": None if self.fused is None else round(float(self.fused), 6),
-        }
+        scores = {name: getattr(self, name) for name in ("score", "dense", "lexical", "maxsim", "fused")}
+        return {**self.passage.public(), **{k: None if v is None else round(float(v), 6) for k, v in scores.items()}}
 
 
 class ModelMismatch(ModelError):
@@ -61,10 +55,6 @@ class SearchResult:
     request: SearchRequest
     hits: list[Hit]
     terms: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return {"query": self.request.query, "truncated": self.request.truncated, "terms": self.terms,
-                "hits": [h.as_dict() for h in self.hits]}
 
 
 class Searcher:
@@ -115,17 +105,28 @@ class Searcher:
         """Review-level and passage-level MaxSim of the query for the given rows (see late.review_scores)."""
         if not len(rows):
             return {}, {}
-        reviews: dict[tuple, list[int]] = {}
-        for p in self.index.passages(rows):
-            reviews.setdefault(p.review_key, []).append(p.row)
         store = self.index.token_store()
-        return late.review_scores(self.encoder.embed_query_tokens(query), store, list(reviews.values()))
+        return late.review_scores(self.encoder.embed_query_tokens(query), store, self.index.review_groups(rows))
+
+    def _scores_every_row(self) -> bool:
+        """Whether MaxSim scores every row (small indexes) rather than the heads of the dense and BM25 rankings."""
+        return self.index.size <= CANDIDATES
 
     def _late_candidates(self, allowed: np.ndarray | None, dense: dict, lexical: dict) -> np.ndarray:
         """Rows MaxSim is computed for: all (allowed) rows of a small index, else the heads of the other rankings."""
-        if self.index.size <= CANDIDATES:
+        if self._scores_every_row():
             return allowed if allowed is not None else np.arange(self.index.size)
         return np.array(sorted(set(dense) | set(lexical)), dtype=np.int64)
+
+    def query_embeddings(self, request: SearchRequest) -> list[str]:
+        """The encoder methods `search(request)` will call on the query (a server runs them off its index thread)."""
+        needs = []
+        if request.mode == Mode.LATE:
+            needs.append("embed_query_tokens")
+        if (request.mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None
+                or (request.mode == Mode.LATE and not self._scores_every_row())):
+            needs.append("embed_query")
+        return needs
 
     def search(self, request: SearchRequest) -> SearchResult:
         """The top `request.k` passages (or reviews) for the request's query, best first.
@@ -138,9 +139,7 @@ class Searcher:
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, k * 50)
         terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
-        small = self.index.size <= CANDIDATES
-        needs_dense = mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None or (mode == Mode.LATE and not small)
-        dense = self.dense_scores(query, allowed, limit) if needs_dense else {}
+        dense = self.dense_scores(query, allowed, limit) if "embed_query" in self.query_embeddings(request) else {}
         lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
         review_ms: dict[int, float] = {}
         if mode == Mode.LATE:
@@ -175,7 +174,6 @@ class Searcher:
                 seen[p.review_key] = len(hits)
             hits.append(self._hit(p, mode, fused[row], dense.get(row), lexical.get(row), review_ms.get(row)))
         return SearchResult(request, hits[:k], terms or query.split())
-
 
     @staticmethod
     def _hit(p: StoredPassage, mode: Mode, fused: float, dense: float | None, lexical: float | None,

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 
 from .errors import BadRequest, NotFound
 from .ranking import Hit
-from .request import Filters
+from .request import Filters, RelatedGroup
 from .store import Index, StoredPassage
 
 FUZZY_CUTOFF = 70  # rapidfuzz WRatio (0-100); below this a title is not a match
@@ -74,13 +73,6 @@ def match_topic(query: str, titles: list[str]) -> str:
     if len(good) > 1 and good[0][1] - good[1][1] < FUZZY_TIE:
         raise AmbiguousTopic(query, [t for t, s in good if good[0][1] - s < FUZZY_TIE])
     return good[0][0]
-
-
-class RelatedGroup(str, Enum):
-    """What one related entry stands for."""
-
-    REVIEW = "review"
-    PAPER = "paper"
 
 
 @dataclass(frozen=True)

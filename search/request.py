@@ -39,6 +39,13 @@ class Group(str, Enum):
     PASSAGE = "passage"  # raw passages
 
 
+class RelatedGroup(str, Enum):
+    """What one related entry stands for."""
+
+    REVIEW = "review"
+    PAPER = "paper"
+
+
 DEFAULT_MODE = Mode.LATE
 DEFAULT_GROUP = Group.REVIEW
 DEFAULT_K = 5
@@ -48,7 +55,7 @@ DEPTH = 10  # `who`: how many of the best matching reviews count as evidence (pe
 def parse_weeks(text: str) -> tuple[int, int]:
     """`3` → (3, 3), `3-5` → (3, 5); raises BadRequest with a readable message otherwise."""
     parts = [p.strip() for p in str(text).split("-")]
-    if 1 <= len(parts) <= 2 and all(p.isdigit() and len(p) <= 7 for p in parts):
+    if 1 <= len(parts) <= 2 and all(p.isascii() and p.isdigit() and len(p) <= 7 for p in parts):
         lo, hi = int(parts[0]), int(parts[-1])
         if lo <= hi <= MAX_WEEK:
             return lo, hi

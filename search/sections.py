@@ -93,13 +93,13 @@ def classify_label(label: str) -> Section:
     return Section.OTHER
 
 
-def section_of(labels: Iterable[str]) -> Section | None:
-    """The kind named by a passage's leading labels (the first that names one), None when they name none."""
+def section_of(labels: Iterable[str]) -> Section:
+    """The kind named by a passage's leading labels (the first that names one), else OTHER."""
     for label in labels:
         kind = classify_label(label)
         if kind is not Section.OTHER:
             return kind
-    return None
+    return Section.OTHER
 
 
 def parse_section(value: str) -> Section:

@@ -13,7 +13,7 @@ paid for once.
     GET /health       {"status": "ok", "passages": N, "model": ..., "index": <generation>, ...}
     GET /             the search page (search/web); /papers, /related and /passage
                       answer in HTML when the browser asks for it (Accept: text/html)
-    /mcp              MCP's streamable HTTP (search/mcp_server.py), when that module is present
+    /mcp              MCP's streamable HTTP (search/mcp_server.py)
 
 Errors are {"error": "..."} with the status of the library's error family
 (400 bad input, 404 unknown paper or passage, 503 no index...); anything
@@ -38,7 +38,6 @@ import re
 import secrets
 import socket
 import threading
-from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
@@ -57,8 +56,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .embedding import Encoder
 from .errors import BadRequest, ReviewSearchError
-from .related import RelatedGroup
-from .request import MAX_K, Filters, SearchRequest
+from .mcp_server import mcp_asgi
+from .request import MAX_K, Filters, RelatedGroup, SearchRequest
 from .service import SearchService
 
 if TYPE_CHECKING:
@@ -225,7 +224,11 @@ def query_params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
 
 def parse_search(params: dict[str, str]) -> SearchRequest:
     """The search request of /search (and the page) parameters; raises BadRequest."""
-    return SearchRequest.parse(*(params.get(name) for name in SEARCH_PARAMS))
+    return SearchRequest.parse(
+        params.get("q"), k=params.get("k"), mode=params.get("mode"), group=params.get("group"),
+        reviewer=params.get("reviewer"), topic=params.get("topic"), week=params.get("week"),
+        min_score=params.get("min_score"), section=params.get("section"),
+    )
 
 
 def _whole(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
@@ -378,29 +381,9 @@ def create_app(
     # ---- /mcp: MCP's streamable HTTP (search/mcp_server.py), behind the same Guard as the rest. ----
     if mcp is not None:
         routes.append(Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"]))
-        lifespan = _lifespan_of(mcp)
+        lifespan = lambda app: mcp.lifespan()  # noqa: E731  (the session manager runs for the app's life)
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     return Guard(app, loopback=loopback, token=token)
-
-
-def _lifespan_of(mcp: Any):
-    @asynccontextmanager
-    async def lifespan(app: Starlette):
-        async with mcp.lifespan():
-            yield
-
-    return lifespan
-
-
-def _mcp_for(service: SearchService, host: str) -> Any | None:
-    """MCP over HTTP from search/mcp_server.py; None until that module is part of the package."""
-    try:
-        from .mcp_server import mcp_asgi
-    except ModuleNotFoundError as e:
-        if e.name != f"{__package__}.mcp_server":
-            raise  # the module is there but something it needs is not: say so
-        return None
-    return mcp_asgi(service, host=host)
 
 
 def log_to_stderr() -> None:
@@ -489,7 +472,7 @@ class SearchServer:
             self.socket.close()
             raise
         protocol = type("Protocol", (_Protocol,), {"header_timeout": header_timeout})
-        self.app = create_app(self.service, loopback=is_loopback(host), token=token, mcp=_mcp_for(self.service, host))
+        self.app = create_app(self.service, loopback=is_loopback(host), token=token, mcp=mcp_asgi(self.service, host=host))
         config = uvicorn.Config(
             self.app, http=protocol, lifespan="auto", log_config=None, access_log=log_requests,
             timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONCURRENCY,

@@ -31,8 +31,8 @@ from .embedding import Encoder
 from .errors import NotFound, ReviewSearchError
 from .ranking import Searcher, SearchResult
 from .people import Person, who
-from .related import Related, RelatedGroup, related_reviews
-from .request import DEPTH, Filters, Mode, SearchRequest
+from .related import Related, related_reviews
+from .request import DEPTH, Filters, Mode, RelatedGroup, SearchRequest
 from .seen import SeenResult, seen
 from .store import Paper, StoredPassage, live_generation, open_index
 
@@ -98,9 +98,10 @@ class SearchService:
     def search(self, request: SearchRequest) -> SearchResult:
         """The results of `request` from the live generation of the index."""
         embedded = None
-        needs = _query_embeddings(request)
+        searcher = self._run(self._current)
+        needs = searcher.query_embeddings(request)
         if needs:
-            encoder = self._run(lambda: self._current().encoder)
+            encoder = searcher.encoder
             embedded = _Embedded(encoder, request.query, {name: self._embed(encoder, name, request.query) for name in needs})
 
         def run() -> SearchResult:
@@ -174,16 +175,6 @@ class SearchService:
 
         self._run(shut)
         self._worker.shutdown()
-
-
-def _query_embeddings(request: SearchRequest) -> list[str]:
-    """The encoder calls a request's ranking will make for its query (what can run off the index thread)."""
-    needs = []
-    if request.mode == Mode.LATE:
-        needs.append("embed_query_tokens")
-    if request.mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None:
-        needs.append("embed_query")
-    return needs
 
 
 class _Embedded:

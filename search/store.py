@@ -240,16 +240,20 @@ class Index:
     def token_store(self):
         """The token states (late.TokenStore); raises IndexDamaged when the index has none."""
         if self.tokens is None:
-            raise IndexDamaged(f"{self.folder} has no token states; rebuild it with `review-search index --full`")
+            raise self.damaged(f"{self.folder} has no token states (built by an older version)")
         return self.tokens
-
-    def token_states(self, rows: Sequence[int]) -> list[np.ndarray]:
-        """Decoded unit token states of the given rows (raises IndexDamaged when the index has none)."""
-        return [self.token_store().states(int(r)) for r in rows]
 
     @property
     def size(self) -> int:
         return self.faiss.ntotal
+
+    def _by_rows(self, cols: str, rows: list[int]) -> list[tuple]:
+        """`cols` (the first must be `row`) of the given rows, in no particular order."""
+        found: list[tuple] = []
+        for i in range(0, len(rows), 900):  # SQLite's bound-parameter limit
+            part = rows[i : i + 900]
+            found += self._query(f"SELECT {cols} FROM passages WHERE row IN ({','.join('?' * len(part))})", part)
+        return found
 
     def passages(self, rows: Iterable[int] | None = None) -> list[StoredPassage]:
         """Passages by FAISS row (in the order given), or all of them in row order."""
@@ -257,12 +261,15 @@ class Index:
         if rows is None:
             return [StoredPassage(*r) for r in self._query(f"SELECT {cols} FROM passages ORDER BY row")]
         rows = [int(r) for r in rows]
-        found = {}
-        for i in range(0, len(rows), 900):  # SQLite's bound-parameter limit
-            part = rows[i : i + 900]
-            q = f"SELECT {cols} FROM passages WHERE row IN ({','.join('?' * len(part))})"
-            found.update({p.row: p for p in (StoredPassage(*r) for r in self._query(q, part))})
+        found = {p.row: p for p in (StoredPassage(*r) for r in self._by_rows(cols, rows))}
         return [found[r] for r in rows if r in found]
+
+    def review_groups(self, rows: Iterable[int]) -> list[list[int]]:
+        """The given rows grouped by the review they belong to (reading no passage text)."""
+        groups: dict[tuple, list[int]] = {}
+        for row, *review in sorted(self._by_rows("row, path, topic_no, review_no", [int(r) for r in rows])):
+            groups.setdefault(tuple(review), []).append(row)
+        return list(groups.values())
 
     def papers(self) -> list[Paper]:
         """Every reviewed paper, in week, file and topic order."""
@@ -352,21 +359,25 @@ def _check_folder(index_dir: Path) -> None:
         raise BadRequest(f"{index_dir} is a file, not an index folder")
 
 
+def _read_pointer(index_dir: Path) -> str:
+    """The generation name `CURRENT` holds; raises OSError or UnicodeDecodeError."""
+    return (index_dir / CURRENT).read_bytes().decode("utf-8").strip()
+
+
 def current_generation(index_dir: Path) -> Path | None:
     """The live generation folder, or None when the folder holds no index."""
     _check_folder(index_dir)
     pointer = index_dir / CURRENT
-    settings = read_settings(index_dir)
     try:
-        name = pointer.read_bytes().decode("utf-8").strip()
+        name = _read_pointer(index_dir)
     except FileNotFoundError:
         return None
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not text"
-        raise IndexDamaged(f"{pointer}: cannot read ({reason})", roots=settings.roots) from e
+        raise IndexDamaged(f"{pointer}: cannot read ({reason})", roots=read_settings(index_dir).roots) from e
     gen = index_dir / name
     if not name.startswith(_GEN_PREFIX) or "/" in name or not gen.is_dir():
-        raise IndexDamaged(f"{pointer} names a missing generation {name[:80]!r}", roots=settings.roots)
+        raise IndexDamaged(f"{pointer} names a missing generation {name[:80]!r}", roots=read_settings(index_dir).roots)
     return gen
 
 
@@ -392,8 +403,7 @@ def read_settings(index_dir: Path | str) -> Settings:
     for source in (index_dir / SETTINGS, None):
         try:
             if source is None:
-                name = (index_dir / CURRENT).read_bytes().decode("utf-8").strip()
-                source = index_dir / name / MANIFEST
+                source = index_dir / _read_pointer(index_dir) / MANIFEST
             raw = json.loads(source.read_text(encoding="utf-8"))
             roots, model = raw.get("roots"), raw.get("model_id")
             if (roots is None or (isinstance(roots, list) and all(isinstance(r, str) for r in roots))) and (
@@ -423,40 +433,40 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
     gen = current_generation(index_dir)
     if gen is None:
         raise NoIndex(f"no index at {index_dir}")
-    roots = read_settings(index_dir).roots
+
+    def damaged(what: str) -> IndexDamaged:
+        # Only a failure needs the roots, read leniently from what survives.
+        return IndexDamaged(what, roots=read_settings(index_dir).roots)
+
     try:
         raw = json.loads((gen / MANIFEST).read_text(encoding="utf-8"))
+        if raw.get("format") != FORMAT_VERSION:
+            raise damaged(f"{index_dir} was built by index format {raw.get('format')}, this version reads {FORMAT_VERSION}")
         manifest = Manifest(**raw)
-    except (OSError, ValueError, TypeError) as e:
-        raise IndexDamaged(f"{gen / MANIFEST} is damaged ({type(e).__name__})", roots=roots) from e
-    if manifest.format != FORMAT_VERSION:
-        raise IndexDamaged(
-            f"{index_dir} was built by index format {manifest.format}, this version reads {FORMAT_VERSION}",
-            roots=roots or manifest.roots,
-        )
-    roots = roots or manifest.roots
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise damaged(f"{gen / MANIFEST} is damaged ({type(e).__name__})") from e
     import faiss
 
     try:
         vectors = faiss.read_index(str(gen / VECTORS))
     except Exception as e:  # faiss raises RuntimeError with a C++ trace for any bad file
-        raise IndexDamaged(f"{gen / VECTORS} is damaged or truncated", roots=roots) from e
+        raise damaged(f"{gen / VECTORS} is damaged or truncated") from e
     try:
         db = sqlite3.connect(f"file:{gen / PASSAGES}?mode=ro", uri=True)
         # SQLite's lower() folds ASCII only; titles mix Korean, accents and full-width letters.
         db.create_function("contains_casefold", 2, lambda text, part: part.casefold() in (text or "").casefold(), deterministic=True)
         (count,) = db.execute("SELECT count(*) FROM passages").fetchone()
     except sqlite3.Error as e:
-        raise IndexDamaged(f"{gen / PASSAGES} is damaged ({e})", roots=roots) from e
+        raise damaged(f"{gen / PASSAGES} is damaged ({e})") from e
     index = Index(gen, manifest, vectors, db)
     if count != vectors.ntotal or count != manifest.passages or vectors.d != manifest.dim:
         index.close()
-        raise IndexDamaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors)", roots=roots)
+        raise damaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors)")
     if verify is None:
         verify = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file()) <= VERIFY_ON_OPEN_BYTES
     if verify and (bad := sorted(index.damaged_files())):
         index.close()
-        raise IndexDamaged(f"{gen / bad[0]} is damaged (its checksum does not match)", roots=roots)
+        raise damaged(f"{gen / bad[0]} is damaged (its checksum does not match)")
     return index
 
 

@@ -90,7 +90,7 @@ def test_index_holds_token_states_for_every_passage(notes: Path, tmp_path: Path,
     summary = build_index([notes], tmp_path / "idx", fake_encoder)
     assert summary.tokens_embedded == summary.passages
     with open_index(tmp_path / "idx") as idx:
-        states = idx.token_states(range(idx.size))
+        states = [idx.token_store().states(r) for r in range(idx.size)]
         texts = [p.embed_text for p in idx.passages()]
     for s, text in zip(states, texts):
         exact = fake_encoder.embed_passages_and_tokens([text])[1][0]
