@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from enum import Enum
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Optional
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
 
 DEFAULT_INDEX = Path("index")
+# eval --mode: any ranking mode, or `all` of them side by side (derived from Mode, so it never lags behind)
+EvalMode = Enum("EvalMode", {"ALL": "all", **{m.name: m.value for m in Mode}}, type=str)
 IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder.")
 KOpt = typer.Option(DEFAULT_K, "-k", "--k", min=1, max=MAX_K, help="How many results.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
@@ -346,7 +349,7 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 def eval_(
     queries: Path = typer.Argument(..., help="Labelled queries (JSON lines, see README)."),
     index_dir: Path = IndexOpt,
-    mode: Optional[Mode] = typer.Option(None, "--mode", help="One mode to score; default: every mode side by side."),
+    mode: EvalMode = typer.Option(EvalMode.ALL, "--mode", help="One mode to score, or all of them side by side."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Score ranking on labelled queries: nDCG@10, MRR@10, Recall@5, Hit@1 by query kind."""
@@ -356,7 +359,7 @@ def eval_(
 
     with clean_errors(index_dir):
         labelled = read_queries(queries)
-        modes = list(Mode) if mode is None else [mode]
+        modes = list(Mode) if mode == EvalMode.ALL else [Mode(mode.value)]
         with open_index(index_dir) as idx:
             searcher = Searcher(idx)
             reports = [evaluate(searcher, labelled, m) for m in modes]

@@ -65,7 +65,7 @@ def test_eval_command(tmp_path: Path, fake_model):
     # tests/corpus carries four labelled queries of its own, in the dev corpora's format
     runner = CliRunner()
     assert runner.invoke(app, ["index", str(CORPUS), "--index", str(tmp_path / "i"), "--model", fake_model.model_id]).exit_code == 0
-    result = runner.invoke(app, ["eval", str(CORPUS / "queries.jsonl"), "--index", str(tmp_path / "i"), "--json"])
+    result = runner.invoke(app, ["eval", str(CORPUS / "queries.jsonl"), "--index", str(tmp_path / "i"), "--mode", "all", "--json"])
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert set(out) == {m.value for m in Mode}
