@@ -143,14 +143,43 @@ class TokenCodec:
         """Unit token rows (n, d_model) approximating what was encoded."""
         return unit_rows(self.coordinates(enc) @ self.basis + self.mean)
 
-    def cosines(self, query: np.ndarray, z: np.ndarray) -> np.ndarray:
-        """(m, n) cosines of query unit rows with the decoded tokens of coordinates `z`, without decoding them.
+    def cosines(self, query: np.ndarray, enc: Encoded) -> np.ndarray:
+        """(m, n) cosines of query unit rows with the tokens `enc` decodes to, without decoding them.
 
-        A decoded token is mean + basisᵀz; the basis rows are orthonormal, so its
-        squared length is |mean|² + 2 z·(basis·mean) + |z|².
+        A decoded token is mean + basisᵀ(s·c) for its codes c and scale s; the
+        basis rows are orthonormal, so its squared length is
+        |mean|² + 2s c·(basis·mean) + s²|c|², and its dot product with a query
+        row q is q·mean + s (basis·q)·c. Everything per token comes from the
+        codes as small integers.
         """
-        norms = np.sqrt(np.maximum(self.mean @ self.mean + 2 * z @ (self.basis @ self.mean) + np.einsum("ij,ij->i", z, z), 1e-12))
-        return ((query @ self.basis.T) @ z.T + (query @ self.mean)[:, None]) / norms
+        qb, bm = query @ self.basis.T, self.basis @ self.mean
+        s = enc.scales.astype(np.float32)
+        if self.bits == 4:
+            # Codes are stored as c + 8, two to a byte: the low nibbles hold the even
+            # coordinates, the high ones the odd. Multiplying the two nibble planes, side by
+            # side, by the matching columns, instead of interleaving the coordinates back,
+            # makes scoring several times faster (README, "Performance").
+            width = enc.codes.shape[1]
+            planes = np.empty((len(enc.codes), 2 * width), np.float32)
+            np.bitwise_and(enc.codes, 0x0F, out=planes[:, :width], casting="unsafe")
+            np.right_shift(enc.codes, 4, out=planes[:, width:], casting="unsafe")
+            qb, bm = _pad(qb, 2 * width), _pad(bm, 2 * width)  # an odd dim's last high nibble codes 0
+            qp = np.hstack([qb[:, 0::2], qb[:, 1::2]])
+            bp = np.concatenate([bm[0::2], bm[1::2]])
+            qc = (planes @ qp.T).T - 8 * qb.sum(axis=1)[:, None]
+            bc = planes @ bp - 8 * bm.sum()
+            cc = np.einsum("ij,ij->i", planes, planes) - 16 * planes.sum(axis=1) + 128 * width
+        else:
+            c = enc.codes.astype(np.float32)
+            qc, bc, cc = (c @ qb.T).T, c @ bm, np.einsum("ij,ij->i", c, c)
+        norms = np.sqrt(np.maximum(self.mean @ self.mean + 2 * s * bc + s * s * cc, 1e-12))
+        return (qc * s + (query @ self.mean)[:, None]) / norms
+
+
+def _pad(x: np.ndarray, width: int) -> np.ndarray:
+    """`x` with zero columns (or elements) appended up to `width`."""
+    extra = width - x.shape[-1]
+    return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)]) if extra else x
 
 
 # Refit the codec (and re-embed every passage's tokens) once the index holds this
@@ -243,8 +272,7 @@ def review_scores(query: np.ndarray, store: TokenStore, reviews: list[list[int]]
         return {r: 0.0 for r in rows}, {r: 0.0 for r in rows}
     spans = [(int(store.offsets[r]), int(store.offsets[r + 1])) for r in rows]
     tokens = np.concatenate([np.arange(a, b) for a, b in spans])
-    z = store.codec.coordinates(Encoded(np.asarray(store.codes[tokens]), np.asarray(store.scales[tokens])))
-    sims = store.codec.cosines(query, z)
+    sims = store.codec.cosines(query, Encoded(np.asarray(store.codes[tokens]), np.asarray(store.scales[tokens])))
     counts = np.array([b - a for a, b in spans])
     if np.any(counts == 0):  # keep_mask never stores an empty passage; a damaged store could
         raise ValueError("a passage without tokens")

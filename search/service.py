@@ -87,8 +87,9 @@ class SearchService:
             if encoder is None and old is not None and old.encoder.model_id == index.manifest.model_id:
                 encoder = old.encoder
             searcher = Searcher(index, encoder)
-            # Load the model and BM25 now, so no request pays for them.
+            # Load the model, the vectors and BM25 now, so no request pays for them.
             searcher.encoder
+            searcher.index.faiss
             searcher.index.lexical
         except BaseException:
             index.close()

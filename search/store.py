@@ -191,11 +191,12 @@ def faiss_index_for(vectors: np.ndarray):
 class Index:
     """One loaded generation of the index: manifest, vectors and passage metadata. Usable with `with`."""
 
-    def __init__(self, folder: Path, manifest: Manifest, faiss_index, db: sqlite3.Connection):
+    def __init__(self, folder: Path, manifest: Manifest, db: sqlite3.Connection, size: int):
         self.folder = folder
         self.manifest = manifest
-        self.faiss = faiss_index
+        self.size = size  # passages, one FAISS row each
         self._db = db
+        self._faiss = None
         self._lexical: LexicalIndex | None = None
         self._tokens = None
 
@@ -244,8 +245,19 @@ class Index:
         return self.tokens
 
     @property
-    def size(self) -> int:
-        return self.faiss.ntotal
+    def faiss(self):
+        """The FAISS index of the passage vectors, read on first use: `late` queries on a small index never need it."""
+        if self._faiss is None:
+            import faiss
+
+            try:
+                vectors = faiss.read_index(str(self.folder / VECTORS))
+            except Exception as e:  # faiss raises RuntimeError with a C++ trace for any bad file
+                raise self.damaged(f"{self.folder / VECTORS} is damaged or truncated") from e
+            if vectors.ntotal != self.size or vectors.d != self.manifest.dim:
+                raise self.damaged(f"{self.folder} is inconsistent ({self.size} passages, {vectors.ntotal} vectors)")
+            self._faiss = vectors
+        return self._faiss
 
     def _by_rows(self, cols: str, rows: list[int]) -> list[tuple]:
         """`cols` (the first must be `row`) of the given rows, in no particular order."""
@@ -445,12 +457,6 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
         manifest = Manifest(**raw)
     except (OSError, ValueError, TypeError, AttributeError) as e:
         raise damaged(f"{gen / MANIFEST} is damaged ({type(e).__name__})") from e
-    import faiss
-
-    try:
-        vectors = faiss.read_index(str(gen / VECTORS))
-    except Exception as e:  # faiss raises RuntimeError with a C++ trace for any bad file
-        raise damaged(f"{gen / VECTORS} is damaged or truncated") from e
     try:
         db = sqlite3.connect(f"file:{gen / PASSAGES}?mode=ro", uri=True)
         # SQLite's lower() folds ASCII only; titles mix Korean, accents and full-width letters.
@@ -458,10 +464,10 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
         (count,) = db.execute("SELECT count(*) FROM passages").fetchone()
     except sqlite3.Error as e:
         raise damaged(f"{gen / PASSAGES} is damaged ({e})") from e
-    index = Index(gen, manifest, vectors, db)
-    if count != vectors.ntotal or count != manifest.passages or vectors.d != manifest.dim:
+    index = Index(gen, manifest, db, count)
+    if count != manifest.passages:
         index.close()
-        raise damaged(f"{gen} is inconsistent ({count} passages, {vectors.ntotal} vectors)")
+        raise damaged(f"{gen} is inconsistent ({count} passages, the manifest says {manifest.passages})")
     if verify is None:
         verify = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file()) <= VERIFY_ON_OPEN_BYTES
     if verify and (bad := sorted(index.damaged_files())):

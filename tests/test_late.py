@@ -58,6 +58,14 @@ def test_codec_round_trip_keeps_cosines(bits, floor):
     assert np.abs(sims - approx).max() < 0.1
 
 
+@pytest.mark.parametrize("bits,dim", [(4, 256), (4, 255), (8, 256), (8, 101)])
+def test_cosines_from_codes_equal_cosines_with_decoded_tokens(bits, dim):
+    codec = late.TokenCodec.fit(token_like(1000), dim=dim, bits=bits)
+    enc = codec.encode(token_like(40, seed=3))
+    query = token_like(7, seed=4)
+    assert np.allclose(codec.cosines(query, enc), query @ codec.decode(enc).T, atol=1e-5)
+
+
 def test_default_codec_fits_the_storage_budget():
     codec = late.TokenCodec.fit(token_like(2000))
     # 120 tokens: the mean per passage on the larger labelled set before special,

