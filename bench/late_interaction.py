@@ -704,7 +704,10 @@ def without_title(d: SetData, tok) -> list:
 
 
 def ideas2(data, tok, encoder, cache: Path) -> None:
-    """Issue #9, second round: length bias, paper context, paper-level evidence, on the x4 default."""
+    """Issue #9, second round: length bias, paper context, paper-level evidence, on the x4 default.
+
+    "default" is the ranking before late.PAPER_WEIGHT (MaxSim x4 + BM25): idea 3 at x0.5 is what search/ now does.
+    """
     from dataclasses import replace
 
     W = late.MAXSIM_WEIGHT
