@@ -6,7 +6,7 @@ describe, embeds the token states of every passage and query once (cached as
 .npy under --cache), then replays rankings offline:
 
     python bench/late_interaction.py                 # every table
-    python bench/late_interaction.py --only codec    # one table: arrange|tokens|codec|levers|absent|ideas
+    python bench/late_interaction.py --only codec    # one table: arrange|tokens|codec|levers|absent|ideas|ideas2
 
 Set A = ../shared/dev-corpus (index: its weeks + seeds), set B =
 ../shared/dev-corpus-2 (index: its weeks + dev-corpus + seeds). Choices are
@@ -91,6 +91,7 @@ class SetData:
     vectors: np.ndarray | None = None  # (rows, dim) passage vectors
     qvec: np.ndarray | None = None  # (q, dim) query vectors
     p_terms: list | None = None  # per row, its BM25 terms
+    p_embed: list | None = None  # per row, the text embedded ("{topic}\n{passage}")
 
 
 def idf_fraction(lex, query: str) -> float:
@@ -142,6 +143,7 @@ def load_set(name: str, encoder: DefaultE5Encoder, index_root: Path, cache: Path
         vectors=np.asarray(vectors),
         qvec=qvec,
         p_terms=[p.terms.split() for p in passages],
+        p_embed=[p.embed_text for p in passages],
     )
 
 
@@ -257,7 +259,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=Path("/tmp/late-interaction-cache"))
     ap.add_argument("--indexes", type=Path, default=Path("/tmp"))
-    ap.add_argument("--only", choices=["tokens", "arrange", "codec", "levers", "absent", "ideas"])
+    ap.add_argument("--only", choices=["tokens", "arrange", "codec", "levers", "absent", "ideas", "ideas2"])
     args = ap.parse_args()
 
     encoder = DefaultE5Encoder()
@@ -306,6 +308,8 @@ def main() -> None:
         absent(data, tok)
     if args.only in (None, "ideas"):
         ideas(data, tok)
+    if args.only in (None, "ideas2"):
+        ideas2(data, tok, encoder, args.cache)
 
 
 CHOSEN = f"RRF review-maxsim x{late.MAXSIM_WEIGHT}+lex"
@@ -634,6 +638,181 @@ def ideas(data, tok) -> None:
                   f"{settings[best][other]['all']['ndcg']:.3f} (default {dflt[other]['all']['ndcg']:.3f}), "
                   f"paraphrase {settings[best][other]['paraphrase']['ndcg']:.3f} "
                   f"(default {dflt[other]['paraphrase']['ndcg']:.3f})")
+
+
+# ---------------------------------------------------------------- ideas II, on the default as it is now (MaxSim x4)
+
+
+def evaluate_per(d: SetData, score_fn) -> dict:
+    """evaluate(), plus "_per": each query's nDCG@10 (None for absent queries), for better/worse counts."""
+    rep = Report("x")
+    for qi, q in enumerate(d.queries):
+        s = score_fn(qi)
+        rep.results.append(score_query(q, reviews_ranked(d, s), float(s.max())))
+    out = rep.summary()
+    out["_per"] = [x.ndcg for x in rep.results]
+    return out
+
+
+def better_worse(new: dict, old: dict) -> tuple[int, int]:
+    """How many answerable queries rank better and worse (nDCG@10) under `new` than under `old`."""
+    pairs = [(a, b) for a, b in zip(new["_per"], old["_per"]) if a is not None]
+    return sum(a > b + 1e-9 for a, b in pairs), sum(a < b - 1e-9 for a, b in pairs)
+
+
+def review_maxsim(r: Replay, queries: list[np.ndarray]) -> np.ndarray:
+    """(len(queries), reviews): union MaxSim of each (prepared) query against each review's stored tokens."""
+    out = np.zeros((len(queries), len(r.groups)))
+    for g, rows in enumerate(r.groups):
+        toks = np.vstack([r.ms.p[x] for x in rows])
+        for qi, q in enumerate(queries):
+            out[qi, g] = (q @ toks.T).max(axis=1).mean() if len(q) else 0.0
+    return out
+
+
+def background_queries(d: SetData, kind: str, n: int = 80, seed: int = 0) -> tuple[list[str], list[str]]:
+    """Pseudo-queries drawn from the index alone, with the paper title each came from.
+
+    kind "titles": every paper title of the index; "sentences": `n` random
+    sentences (20-200 characters) of the passages, seeded.
+    """
+    import random
+    import re
+
+    if kind == "titles":
+        titles = sorted({t for _, t, _ in d.review_of_row})
+        return titles, titles
+    pool = []
+    for (_, topic, _), text in zip(d.review_of_row, d.p_embed):
+        body = text.split("\n", 1)[1] if "\n" in text else text
+        pool += [(x.strip(), topic) for x in re.split(r"(?<=[.!?])\s+|\n+", body) if 20 <= len(x.strip()) <= 200]
+    pick = random.Random(seed).sample(pool, min(n, len(pool)))
+    return [x for x, _ in pick], [t for _, t in pick]
+
+
+def without_title(d: SetData, tok) -> list:
+    """Each passage's (ids, states) with the paper title's tokens removed (the title still shaped the others)."""
+    out = []
+    for (ids, states), text, (_, topic, _) in zip(d.p_tokens, d.p_embed, d.review_of_row):
+        head = tok(late.PASSAGE_PREFIX + topic)["input_ids"][:-1]  # <s> prefix title, without </s>
+        n_prefix = len(tok(late.PASSAGE_PREFIX.strip(), add_special_tokens=False)["input_ids"])
+        assert text.startswith(topic + "\n") and ids[: len(head)].tolist() == head, "title is not a token prefix"
+        keep = np.ones(len(ids), bool)
+        keep[1 + n_prefix: len(head)] = False
+        out.append((ids[keep], states[keep]))
+    return out
+
+
+def ideas2(data, tok, encoder, cache: Path) -> None:
+    """Issue #9, second round: length bias, paper context, paper-level evidence, on the x4 default.
+
+    "default" is the ranking before late.PAPER_WEIGHT (MaxSim x4 + BM25): idea 3 at x0.5 is what search/ now does.
+    """
+    from dataclasses import replace
+
+    W = late.MAXSIM_WEIGHT
+    res: dict[str, dict[str, dict[str, dict]]] = {}
+
+    def record(idea, setting, n, d, fn):
+        res.setdefault(idea, {}).setdefault(setting, {})[n] = evaluate_per(d, fn)
+
+    for n, d in data.items():
+        r = make_replay(d, tok)
+        base = lambda i: r.default(i, weight=W)  # noqa: E731
+        by_review = lambda m: m[:, r.review_of]  # noqa: E731  (q, reviews) -> (q, rows)
+        rv = np.stack([r.rv[:, rows[0]] for rows in r.groups], axis=1)  # (q, reviews)
+        n_tok = np.array([sum(len(r.ms.p[x]) for x in rows) for rows in r.groups], float)
+        paper_of_group = [d.review_of_row[rows[0]][1] for rows in r.groups]
+
+        # 1. review-length bias: subtract b*log(n tokens), or normalise by background pseudo-queries
+        idea = "1 length bias"
+        record(idea, "default", n, d, base)
+        for b in (0.0025, 0.005, 0.01, 0.02):
+            adj = by_review(rv - b * np.log(n_tok))
+            record(idea, f"minus {b}*log n", n, d, lambda i, adj=adj: r.default(i, review=adj[i], weight=W))
+        for kind in ("titles", "sentences"):
+            texts, papers = background_queries(d, kind)
+            bq = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, late.QUERY_PREFIX)
+                  for ids, s in token_states(encoder, texts, "query: ", cache)]
+            bg = review_maxsim(r, bq)  # (bg, reviews)
+            other = np.array([[p != g for g in paper_of_group] for p in papers])  # only other papers' pseudo-queries
+            mu = np.array([bg[other[:, g], g].mean() for g in range(len(r.groups))])
+            sd = np.array([bg[other[:, g], g].std() for g in range(len(r.groups))])
+            b_fit = float(np.polyfit(np.log(n_tok), mu, 1)[0])
+            print(f"  {n}: background {kind}: {len(texts)} pseudo-queries; slope of their mean MaxSim on log n "
+                  f"tokens {b_fit:.4f} (corr {np.corrcoef(np.log(n_tok), mu)[0, 1]:.2f}); log n {np.log(n_tok).min():.1f}"
+                  f"-{np.log(n_tok).max():.1f}")
+            for label, m in ((f"minus fitted b*log n ({kind})", rv - b_fit * np.log(n_tok)),
+                             (f"minus background mean ({kind})", rv - mu),
+                             (f"z-score on background ({kind})", (rv - mu) / sd)):
+                adj = by_review(m)
+                record(idea, label, n, d, lambda i, adj=adj: r.default(i, review=adj[i], weight=W))
+
+        # 2. paper context for passage tokens: embedded as "{title}\n{text}" (the current build), title tokens dropped, no title
+        idea = "2 paper context"
+        record(idea, "default (title embedded, its tokens kept)", n, d, base)
+        r2 = make_replay(replace(d, p_tokens=without_title(d, tok)), tok)
+        record(idea, "title embedded, its tokens dropped", n, d, lambda i: r2.default(i, weight=W))
+        bodies = [t.split("\n", 1)[1] for t in d.p_embed]
+        r3 = make_replay(replace(d, p_tokens=token_states(encoder, bodies, "passage: ", cache)), tok)
+        record(idea, "no title", n, d, lambda i: r3.default(i, weight=W))
+
+        # 3. paper-level evidence: MaxSim against all tokens of the paper's reviews, as a third ranking
+        idea = "3 paper-level ranking"
+        record(idea, "default", n, d, base)
+        papers: dict = {}
+        paper_of_row = np.array([papers.setdefault(key[:2], len(papers)) for key in d.review_of_row])
+        pm = np.zeros((len(d.queries), len(papers)))
+        for p in range(len(papers)):
+            toks = np.vstack([r.ms.p[x] for x in np.nonzero(paper_of_row == p)[0]])
+            for qi, q in enumerate(r.ms.q):
+                pm[qi, p] = (q @ toks.T).max(axis=1).mean()
+        pm = pm[:, paper_of_row]
+        for w in (0.25, 0.5, 1.0):
+            record(idea, f"paper MaxSim x{w}", n, d,
+                   lambda i, w=w: r.default(i, weight=W, extra=[(order_of(pm[i], r.rv[i], r.ms.scores[i]), w)]))
+
+        # 4. paper-level BM25 (a paper's reviews as one document): the lexical side of idea 3, alone or with it
+        from search.lexical import LexicalIndex
+
+        idea = "4 paper-level BM25"
+        record(idea, "default", n, d, base)
+        paper_lex = LexicalIndex.build([[t for x in np.nonzero(paper_of_row == p)[0] for t in d.p_terms[x]]
+                                        for p in range(len(papers))])
+        pb = np.vstack([paper_lex.scores_for(paper_lex.terms(q.query))[paper_of_row] for q in d.queries])
+        for wb in (0.25, 0.5, 1.0):
+            for wm in (0.0, 0.25, 0.5):
+                extra = lambda i, wb=wb, wm=wm: ([(r.lex_order(i, pb[i] + 1e-6 * d.lexical[i]), wb)]  # noqa: E731
+                                                 + ([(order_of(pm[i], r.rv[i], r.ms.scores[i]), wm)] if wm else []))
+                record(idea, f"paper BM25 x{wb}" + (f" + paper MaxSim x{wm}" if wm else ""), n, d,
+                       lambda i, extra=extra: r.default(i, weight=W, extra=extra(i)))
+
+    print_ideas(res)
+
+
+def print_ideas(res: dict) -> None:
+    """Per idea: every setting per kind, then chosen on each set and confirmed on the other with per-query counts."""
+    kinds = ("all", "paraphrase", "crosslingual", "opinion", "related")
+    print(f"\n## Ideas II on the default (MaxSim x{late.MAXSIM_WEIGHT} + BM25, RRF k = {RRF_K}; tokens as stored), "
+          f"nDCG@10: {' | '.join(kinds)}; +/- = queries better/worse than the default")
+    for idea, settings in res.items():
+        print(f"\n### {idea}")
+        dflt = next(iter(settings.values()))
+        for setting, per in settings.items():
+            counts = "  ".join(f"{n} +{b}/-{w}" for n in ("A", "B") for b, w in [better_worse(per[n], dflt[n])])
+            print(f"  {setting:42s} A: {fmt(per['A'], kinds)}   B: {fmt(per['B'], kinds)}   {counts}")
+        for pick, other in (("A", "B"), ("B", "A")):
+            # ties go to the default (listed first), then to the earlier setting: a change has to win to be chosen
+            names = list(settings)
+            best = max(names, key=lambda s: (settings[s][pick]["all"]["ndcg"], -names.index(s)))
+            got, was = settings[best], dflt
+            b, w = better_worse(got[other], was[other])
+            ok = (got[other]["all"]["ndcg"] >= was[other]["all"]["ndcg"]
+                  and min(got[x]["crosslingual"]["ndcg"] for x in ("A", "B")) >= 0.88)
+            print(f"  chosen on {pick}: {best!r} {got[pick]['all']['ndcg']:.3f} (default {was[pick]['all']['ndcg']:.3f}) "
+                  f"-> {other} {got[other]['all']['ndcg']:.3f} (default {was[other]['all']['ndcg']:.3f}; paraphrase "
+                  f"{got[other]['paraphrase']['ndcg']:.3f} vs {was[other]['paraphrase']['ndcg']:.3f}; {other} queries "
+                  f"+{b}/-{w}) {'holds' if best != names[0] and ok else 'default kept' if best == names[0] else 'FAILS'}")
 
 
 if __name__ == "__main__":

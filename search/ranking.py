@@ -101,12 +101,12 @@ class Searcher:
             rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         return {int(r): float(scores[r]) for r in rows}
 
-    def late_scores(self, query: str, rows: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
-        """Review-level and passage-level MaxSim of the query for the given rows (see late.review_scores)."""
+    def late_scores(self, query: str, rows: np.ndarray) -> late.LateScores:
+        """Paper-, review- and passage-level MaxSim of the query for the given rows (see late.late_scores)."""
         if not len(rows):
-            return {}, {}
+            return late.LateScores({}, {}, {})
         store = self.index.token_store()
-        return late.review_scores(self.encoder.embed_query_tokens(query), store, self.index.review_groups(rows))
+        return late.late_scores(self.encoder.embed_query_tokens(query), store, self.index.paper_groups(rows))
 
     def _scores_every_row(self) -> bool:
         """Whether MaxSim scores every row (small indexes) rather than the heads of the dense and BM25 rankings."""
@@ -143,7 +143,8 @@ class Searcher:
         lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
         review_ms: dict[int, float] = {}
         if mode == Mode.LATE:
-            review_ms, passage_ms = self.late_scores(query, self._late_candidates(allowed, dense, lexical))
+            ms = self.late_scores(query, self._late_candidates(allowed, dense, lexical))
+            review_ms = ms.review
         if request.min_score is not None:
             floor = {r for r, s in dense.items() if s >= request.min_score}
             dense = {r: s for r, s in dense.items() if r in floor}
@@ -156,9 +157,12 @@ class Searcher:
         elif mode == Mode.HYBRID:
             fused = rrf([dense, lexical])
         else:
-            # Rank by the review's MaxSim, its own passage's MaxSim breaking ties within a review.
-            order = sorted(review_ms, key=lambda r: (-review_ms[r], -passage_ms[r], r))
-            fused = rrf([{r: -i for i, r in enumerate(order)}, lexical], weights=[late.MAXSIM_WEIGHT, 1.0])
+            # Rank by the review's MaxSim, its own passage's MaxSim breaking ties within a review;
+            # the paper ranking breaks its ties (a paper's reviews) the same way.
+            order = sorted(review_ms, key=lambda r: (-review_ms[r], -ms.passage[r], r))
+            by_paper = sorted(review_ms, key=lambda r: (-ms.paper[r], -review_ms[r], -ms.passage[r], r))
+            fused = rrf([{r: -i for i, r in enumerate(order)}, lexical, {r: -i for i, r in enumerate(by_paper)}],
+                        weights=[late.MAXSIM_WEIGHT, 1.0, late.PAPER_WEIGHT])
         order = sorted(fused, key=lambda r: (-fused[r], r))
         by_review = request.group == Group.REVIEW
         # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.

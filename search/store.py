@@ -276,12 +276,15 @@ class Index:
         found = {p.row: p for p in (StoredPassage(*r) for r in self._by_rows(cols, rows))}
         return [found[r] for r in rows if r in found]
 
-    def review_groups(self, rows: Iterable[int]) -> list[list[int]]:
-        """The given rows grouped by the review they belong to (reading no passage text)."""
-        groups: dict[tuple, list[int]] = {}
-        for row, *review in sorted(self._by_rows("row, path, topic_no, review_no", [int(r) for r in rows])):
-            groups.setdefault(tuple(review), []).append(row)
-        return list(groups.values())
+    def paper_groups(self, rows: Iterable[int]) -> list[list[list[int]]]:
+        """The given rows grouped by review, and the reviews by the paper (file and topic) they review.
+
+        Reads no passage text.
+        """
+        papers: dict[tuple, dict[int, list[int]]] = {}
+        for row, path, topic_no, review_no in sorted(self._by_rows("row, path, topic_no, review_no", [int(r) for r in rows])):
+            papers.setdefault((path, topic_no), {}).setdefault(review_no, []).append(row)
+        return [list(reviews.values()) for reviews in papers.values()]
 
     def papers(self) -> list[Paper]:
         """Every reviewed paper, in week, file and topic order."""

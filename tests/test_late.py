@@ -151,17 +151,19 @@ def test_late_is_the_default_and_ranks_by_review_maxsim(notes: Path, tmp_path: P
 
 
 def test_late_fusion_weights_maxsim_ranks_over_bm25_ranks(notes: Path, tmp_path: Path, fake_encoder):
-    # Every fused value is MAXSIM_WEIGHT/(RRF_K + i), plus 1/(RRF_K + j) when BM25 ranked the row j-th.
+    # Every fused value is MAXSIM_WEIGHT/(RRF_K + i) + PAPER_WEIGHT/(RRF_K + l), plus 1/(RRF_K + j) when BM25
+    # ranked the row j-th.
     build_index([notes], tmp_path / "idx", fake_encoder)
     with open_index(tmp_path / "idx") as idx:
         hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("low-rank 행렬 LoRA", k=50, group="passage")).hits
         n = idx.size
-    k, w = RRF_K, late.MAXSIM_WEIGHT
-    values = {w / (k + i) + extra for i in range(1, n + 1) for extra in [0.0] + [1 / (k + j) for j in range(1, n + 1)]}
+    k, w, wp = RRF_K, late.MAXSIM_WEIGHT, late.PAPER_WEIGHT
+    values = {w / (k + i) + wp / (k + l) + extra for i in range(1, n + 1) for l in range(1, n + 1)
+              for extra in [0.0] + [1 / (k + j) for j in range(1, n + 1)]}
     assert len(hits) == n
     for h in hits:
         assert min(abs(h.fused - v) for v in values) < 1e-12, h.fused
-    assert hits[0].fused > w / (k + 1)  # the top row is first by MaxSim and matched BM25 too
+    assert hits[0].fused > w / (k + 1) + wp / (k + n)  # the top row is first by MaxSim and matched BM25 too
 
 
 def test_late_mode_respects_filters(notes: Path, tmp_path: Path, fake_encoder):
@@ -171,17 +173,40 @@ def test_late_mode_respects_filters(notes: Path, tmp_path: Path, fake_encoder):
     assert hits and all(h.passage.reviewer == "김철수" for h in hits)
 
 
-def test_review_scores_equal_maxsim_over_decoded_tokens():
+def test_late_scores_equal_maxsim_over_decoded_tokens():
     codec = late.TokenCodec.fit(token_like(800))
-    passages = [token_like(n, seed=n) for n in (5, 9, 2, 7)]
+    passages = [token_like(n, seed=n) for n in (5, 9, 2, 7, 4)]
     store = late.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
     query = token_like(6, seed=99)
-    review, passage = late.review_scores(query, store, [[0, 2], [3], [1]])
-    decoded = [store.states(r) for r in range(4)]
-    for r in range(4):
-        assert passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
-    assert review[0] == review[2] == pytest.approx(late.maxsim(query, np.vstack([decoded[0], decoded[2]])), abs=1e-5)
-    assert review[3] == pytest.approx(passage[3], abs=1e-6)
+    # papers: {reviews [0, 2] and [3]}, {review [1, 4]}
+    ms = late.late_scores(query, store, [[[0, 2], [3]], [[1, 4]]])
+    decoded = [store.states(r) for r in range(5)]
+    for r in range(5):
+        assert ms.passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
+    assert ms.review[0] == ms.review[2] == pytest.approx(late.maxsim(query, np.vstack([decoded[0], decoded[2]])), abs=1e-5)
+    assert ms.review[3] == pytest.approx(ms.passage[3], abs=1e-6)
+    first = late.maxsim(query, np.vstack([decoded[0], decoded[2], decoded[3]]))
+    assert ms.paper[0] == ms.paper[2] == ms.paper[3] == pytest.approx(first, abs=1e-5)
+    assert ms.paper[1] == ms.paper[4] == pytest.approx(ms.review[1], abs=1e-6)
+    assert ms.paper[3] > ms.review[3] + 1e-3  # the paper's other review lifts it
+
+
+def test_paper_scores_on_the_corpus_pool_each_papers_reviews(corpus_index: Path, fake_encoder):
+    with open_index(corpus_index) as idx:
+        searcher = Searcher(idx, fake_encoder)
+        rows = np.arange(idx.size)
+        ms = searcher.late_scores("low-rank adaptation 학습 비용", rows)
+        passages = idx.passages()
+        store = idx.token_store()
+        query = fake_encoder.embed_query_tokens("low-rank adaptation 학습 비용")
+    papers: dict = {}
+    for p in passages:
+        papers.setdefault((p.path, p.topic_no), set()).add(p.review_key)
+    assert any(len(reviews) > 1 for reviews in papers.values())  # else the test shows nothing
+    for p in passages:
+        same = [q.row for q in passages if (q.path, q.topic_no) == (p.path, p.topic_no)]
+        assert ms.paper[p.row] == pytest.approx(late.maxsim(query, np.vstack([store.states(r) for r in same])), abs=1e-5)
+        assert ms.paper[p.row] >= ms.review[p.row] - 1e-9 and ms.review[p.row] >= ms.passage[p.row] - 1e-9
 
 
 def test_empty_index_then_a_week(tmp_path: Path, notes: Path, fake_encoder):
