@@ -20,6 +20,7 @@ from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, DEPTH, MAX_K, Group
 if TYPE_CHECKING:
     from .build import BuildSummary
     from .embedding import Encoder
+    from .service import SearchService
     from .watch import Watcher
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
@@ -151,11 +152,15 @@ def _watch_failed(e: Exception) -> None:
     typer.echo(f"warning: index update failed, still watching: {clean(str(e), single_line=True)}", err=True)
 
 
-def _watch_in_background(index_dir: Path) -> "Watcher":
-    """For `serve --watch` and `mcp --watch`: update the index from the folders it was built from."""
+def _watch_in_background(index_dir: Path, service: "SearchService") -> "Watcher":
+    """For `serve --watch` and `mcp --watch`: update the index from the folders it was built from.
+
+    The builds use the service's own model object, so the server holds one model, not two.
+    """
     from .watch import watch_in_thread
 
-    return watch_in_thread(index_dir, on_build=lambda s: _report_build(s, index_dir, err=True), on_error=_watch_failed)
+    return watch_in_thread(index_dir, encoder=service.encoder, on_build=lambda s: _report_build(s, index_dir, err=True),
+                           on_error=_watch_failed)
 
 
 def _watch_index(index_dir: Path, roots: list[str], encoder: "Encoder", as_json: bool) -> None:
@@ -395,7 +400,7 @@ def serve(
     log_to_stderr()
     if not is_loopback(host):
         typer.echo(f"warning: listening on {host} makes the notes reachable from the network", err=True)
-    watcher = _watch_in_background(index_dir) if watch else None
+    watcher = _watch_in_background(index_dir, server.service) if watch else None
     address = f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
     typer.echo(f"serving {index_dir} on {address}")
     if generated:
@@ -419,7 +424,7 @@ def mcp_(index_dir: Path = IndexOpt, watch: bool = WatchOpt) -> None:
     with clean_errors(index_dir):
         service = SearchService(index_dir)
     # stdout carries the protocol from here on: everything for people goes to stderr.
-    watcher = _watch_in_background(index_dir) if watch else None
+    watcher = _watch_in_background(index_dir, service) if watch else None
     try:
         run_stdio(service)
     except KeyboardInterrupt:

@@ -96,6 +96,11 @@ class SearchService:
             raise
         return searcher
 
+    @property
+    def encoder(self) -> Encoder:
+        """The model the live index was built with, as loaded for queries."""
+        return self._run(lambda: self._current().encoder)
+
     def search(self, request: SearchRequest) -> SearchResult:
         """The results of `request` from the live generation of the index."""
         embedded = None

@@ -185,3 +185,33 @@ def test_a_missing_folder_is_a_clear_error(tmp_path: Path):
     (tmp_path / "index" / "CURRENT").write_text("gen-lost\n")  # an index that no longer says what it covers
     with pytest.raises(BadRequest, match="does not record which notes"):
         watch_index(tmp_path / "index", None, FakeEncoder())
+
+
+def test_serve_watch_command_serves_what_is_added(notes: Path, tmp_path: Path):
+    """`serve --watch` as a user runs it: a process whose answers follow the folder it was built from."""
+    import json
+    import subprocess
+    import sys
+    import urllib.request
+
+    index = tmp_path / "index"
+    build_index_cli = [sys.executable, str(Path(__file__).with_name("fake_cli.py"))]
+    subprocess.run(build_index_cli + ["index", str(notes), "--index", str(index), "--model", FakeEncoder.model_id],
+                   check=True, capture_output=True)
+    proc = subprocess.Popen(build_index_cli + ["serve", "--index", str(index), "--port", "0", "--watch"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        address = proc.stdout.readline().split(" on ")[-1].strip()
+        assert address.startswith("http://127.0.0.1:"), address
+
+        def top_file() -> str:
+            with urllib.request.urlopen(f"{address}/search?q=Mamba+selective+state+space&k=1", timeout=5) as r:
+                return json.loads(r.read())[0]["file"]
+
+        assert top_file() != "week4.md"
+        (notes / "week4.md").write_text(WEEK4, encoding="utf-8")
+        wait_for(lambda: top_file() == "week4.md", "serve --watch to answer from the new week")
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "Traceback" not in err, err
