@@ -787,6 +787,15 @@ def ideas2(data, tok, encoder, cache: Path) -> None:
                 record(idea, f"paper BM25 x{wb}" + (f" + paper MaxSim x{wm}" if wm else ""), n, d,
                        lambda i, extra=extra: r.default(i, weight=W, extra=extra(i)))
 
+        # 5. idea 4 again, on the default as search/ ranks now (paper MaxSim x late.PAPER_WEIGHT included), so the
+        # better/worse counts are against what ships, not against the ranking before paper MaxSim
+        idea = f"5 paper-level BM25 on the shipped default (paper MaxSim x{late.PAPER_WEIGHT})"
+        shipped = lambda i: [(order_of(pm[i], r.rv[i], r.ms.scores[i]), late.PAPER_WEIGHT)]  # noqa: E731
+        record(idea, "default", n, d, lambda i: r.default(i, weight=W, extra=shipped(i)))
+        for wb in (0.125, 0.25, 0.5, 0.75, 1.0):
+            record(idea, f"+ paper BM25 x{wb}", n, d, lambda i, wb=wb: r.default(
+                i, weight=W, extra=shipped(i) + [(r.lex_order(i, pb[i] + 1e-6 * d.lexical[i]), wb)]))
+
     print_ideas(res)
 
 

@@ -123,9 +123,13 @@ def build_index(
         )
         embed_seconds = time.perf_counter() - embed_start
 
-        lexical = LexicalIndex.build([r.terms.split() for r in records])
+        # Both BM25 indexes come from the stored terms, so they are rebuilt whole each time: no Kiwi, milliseconds.
+        terms = [r.terms.split() for r in records]
+        papers: dict[tuple, int] = {}
+        lexical = LexicalIndex.build(terms)
+        paper_lexical = LexicalIndex.build(terms, [papers.setdefault(r.paper_key, len(papers)) for r in records])
         manifest = writer.write(encoder.model_id, encoder.dim, [str(Path(r).resolve()) for r in roots], records,
-                                vectors, lexical, tokens)
+                                vectors, lexical, paper_lexical, tokens)
         writer.commit()
     # A passage is gone when its file no longer has that text (copies elsewhere don't count).
     now = {(r.path, r.embed_text) for r in records}

@@ -45,6 +45,18 @@ MAXSIM_WEIGHT = 4.0
 # / 0.753 / 0.754 / 0.735). Chosen on dev-corpus-2; dev-corpus ties (3 queries
 # better, none worse).
 PAPER_WEIGHT = 0.5
+# A fourth ranking, the lexical side of the third: BM25 with all of a paper's
+# passages as one document (store.PAPER_LEXICAL), a row inheriting its paper's
+# score, its passage's BM25 breaking ties. It lifts the reviews of a paper whose
+# other reviews use the query's words. On top of PAPER_WEIGHT, `bench/
+# late_interaction.py --only ideas2` (idea 5; README "Ideas II"), nDCG@10 all
+# for x0 / 0.125 / 0.25 / 0.5 / 1: dev-corpus 0.958 / 0.958 / 0.958 / 0.958 /
+# 0.955; dev-corpus-2 0.849 / 0.852 / 0.853 / 0.851 / 0.850 (paraphrase 0.754 /
+# 0.754 / 0.757 / 0.746 / 0.714). Chosen on dev-corpus-2 (6 queries better,
+# none worse); dev-corpus is unchanged. dev-corpus alone picks x0.5 (one query
+# better), which confirms on dev-corpus-2 (0.851) but drops its paraphrase
+# queries below 0.75.
+PAPER_LEXICAL_WEIGHT = 0.25
 CODEC_DIM = 256  # principal directions kept; README "Token storage" has the bytes/quality table
 CODEC_BITS = 4
 

@@ -30,6 +30,7 @@ _HANGUL = re.compile(r"[\uac00-\ud7a3]")
 _HANGUL_WORD = re.compile(r"[\uac00-\ud7a3]+")
 VOCAB_FILE = "vocab.index.json"
 PARAMS_FILE = "params.index.json"
+GROUPS_FILE = "groups.index.npy"  # document of each row, in an index whose documents are groups of rows
 
 
 @lru_cache(maxsize=1)
@@ -113,39 +114,61 @@ class LexicalIndex:
     then a sum of matrix columns, which `scores` does with numpy on the saved
     arrays: that keeps bm25s and SciPy (a quarter second of imports) off the
     query path.
+
+    A document is one row (a passage), or, built with `groups`, all the rows
+    of one group (a paper's reviews): each row then scores as its group.
     """
 
-    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, vocab: dict[str, int], size: int):
+    def __init__(self, data: np.ndarray, indices: np.ndarray, indptr: np.ndarray, vocab: dict[str, int], documents: int,
+                 groups: np.ndarray | None = None):
+        if groups is not None and (groups.ndim != 1 or groups.dtype.kind not in "iu"
+                                   or (len(groups) and not (0 <= groups.min() and groups.max() < documents))):
+            raise ValueError("row groups that are not document numbers")
         self._data, self._indices, self._indptr = data, indices, indptr
         self._vocab = vocab
-        self.size = size
+        self._groups = groups
+        self.documents = documents
+        self.size = documents if groups is None else len(groups)  # rows scored
         self.vocab = frozenset(vocab) - {""}
 
     @classmethod
-    def build(cls, terms: Sequence[list[str]]) -> "LexicalIndex":
-        """Index the given term lists (one per passage, in row order)."""
+    def build(cls, terms: Sequence[list[str]], groups: Sequence[int] | None = None) -> "LexicalIndex":
+        """Index the given term lists (one per row, in row order).
+
+        With `groups` (one number per row, 0 to n-1), the rows of a group are
+        one document, and every row scores as its group's document.
+        """
         import bm25s
 
+        docs = list(terms)
+        if groups is not None:
+            docs = [[] for _ in range(max(groups, default=-1) + 1)]
+            for g, t in zip(groups, terms, strict=True):
+                docs[g].extend(t)
         retriever = bm25s.BM25(method="lucene")
         # bm25s cannot index an empty corpus or an empty document; a blank term keeps rows aligned.
-        retriever.index([t or [""] for t in terms] or [[""]], show_progress=False)
+        retriever.index([t or [""] for t in docs] or [[""]], show_progress=False)
         m = retriever.scores
-        return cls(m["data"], m["indices"], m["indptr"], dict(retriever.vocab_dict), len(terms))
+        return cls(m["data"], m["indices"], m["indptr"], dict(retriever.vocab_dict), len(docs),
+                   None if groups is None else np.asarray(groups, dtype=np.int32))
 
     def save(self, folder: Path) -> None:
         """Write the index into `folder` in bm25s's file layout (numpy arrays and JSON, no pickle)."""
         for name, array in (("data", self._data), ("indices", self._indices), ("indptr", self._indptr)):
             np.save(folder / f"{name}.csc.index.npy", array, allow_pickle=False)
+        if self._groups is not None:
+            np.save(folder / GROUPS_FILE, self._groups, allow_pickle=False)
         (folder / VOCAB_FILE).write_text(json.dumps(self._vocab, ensure_ascii=False), encoding="utf-8")
-        (folder / PARAMS_FILE).write_text(json.dumps({"method": "lucene", "num_docs": self.size}), encoding="utf-8")
+        (folder / PARAMS_FILE).write_text(json.dumps({"method": "lucene", "num_docs": self.documents}), encoding="utf-8")
 
     @classmethod
     def load(cls, folder: Path) -> "LexicalIndex":
         """Read an index written by `save`."""
         arrays = [np.load(folder / f"{name}.csc.index.npy", allow_pickle=False) for name in ("data", "indices", "indptr")]
         vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
-        size = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8"))["num_docs"]
-        return cls(*arrays, vocab, size)
+        documents = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8"))["num_docs"]
+        groups = np.load(folder / GROUPS_FILE, allow_pickle=False) if (folder / GROUPS_FILE).exists() else None
+        return cls(*arrays, vocab, documents, groups)
 
     def terms(self, query: str) -> list[str]:
         """The query's terms that this index knows (stopwords never made it into the vocabulary)."""
@@ -161,9 +184,9 @@ class LexicalIndex:
 
     def scores_for(self, terms: list[str]) -> np.ndarray:
         """BM25 score of every row for already segmented query terms."""
-        scores = np.zeros(self.size, dtype=np.float32)
+        scores = np.zeros(self.documents, dtype=np.float32)
         for term in terms:
             t = self._vocab[term]
             span = slice(self._indptr[t], self._indptr[t + 1])
             np.add.at(scores, self._indices[span], self._data[span])
-        return scores
+        return scores if self._groups is None else scores[self._groups]

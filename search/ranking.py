@@ -2,7 +2,8 @@
 
 Dense scores are cosine similarities from FAISS; lexical scores are BM25 over
 Korean morphemes; late scores are MaxSim over token states (search/late.py).
-Late mode (the default) fuses the MaxSim and BM25 rankings, hybrid mode the
+Late mode (the default) fuses the MaxSim and BM25 rankings (of reviews,
+passages and papers: late.py has the weights), hybrid mode the
 dense and BM25 rankings, with reciprocal rank fusion, which needs no score
 calibration between very different scales (README, "Retrieval quality", has
 the measurements that chose them).
@@ -101,6 +102,13 @@ class Searcher:
             rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
         return {int(r): float(scores[r]) for r in rows}
 
+    def paper_lexical_scores(self, terms: list[str], rows) -> dict[int, float]:
+        """BM25 of each given row's paper (all its reviews' passages as one document), for rows whose paper matched."""
+        if not terms:
+            return {}
+        scores = self.index.paper_lexical.scores_for(terms)
+        return {r: float(scores[r]) for r in rows if scores[r] > 0}
+
     def late_scores(self, query: str, rows: np.ndarray) -> late.LateScores:
         """Paper-, review- and passage-level MaxSim of the query for the given rows (see late.late_scores)."""
         if not len(rows):
@@ -158,11 +166,14 @@ class Searcher:
             fused = rrf([dense, lexical])
         else:
             # Rank by the review's MaxSim, its own passage's MaxSim breaking ties within a review;
-            # the paper ranking breaks its ties (a paper's reviews) the same way.
+            # the paper ranking breaks its ties (a paper's reviews) the same way, the paper BM25
+            # ranking by the passage's BM25. Both paper rankings rank the rows MaxSim scored.
             order = sorted(review_ms, key=lambda r: (-review_ms[r], -ms.passage[r], r))
             by_paper = sorted(review_ms, key=lambda r: (-ms.paper[r], -review_ms[r], -ms.passage[r], r))
-            fused = rrf([{r: -i for i, r in enumerate(order)}, lexical, {r: -i for i, r in enumerate(by_paper)}],
-                        weights=[late.MAXSIM_WEIGHT, 1.0, late.PAPER_WEIGHT])
+            paper_bm25 = self.paper_lexical_scores(terms, review_ms)
+            by_paper_bm25 = sorted(paper_bm25, key=lambda r: (-paper_bm25[r], -lexical.get(r, 0.0), r))
+            fused = rrf([{r: -i for i, r in enumerate(ranked)} for ranked in (order, by_paper, by_paper_bm25)]
+                        + [lexical], weights=[late.MAXSIM_WEIGHT, late.PAPER_WEIGHT, late.PAPER_LEXICAL_WEIGHT, 1.0])
         order = sorted(fused, key=lambda r: (-fused[r], r))
         by_review = request.group == Group.REVIEW
         # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.

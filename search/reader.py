@@ -68,6 +68,11 @@ class ReviewInfo:
         """Identity of the review."""
         return (self.path, self.topic_no, self.review_no)
 
+    @property
+    def paper_key(self) -> tuple[str, int]:
+        """Identity of the reviewed paper: its week file and topic (store.Index.paper_groups groups the same way)."""
+        return (self.path, self.topic_no)
+
     def review_info(self) -> dict:
         """These fields alone, for making a record that carries them."""
         return {f.name: getattr(self, f.name) for f in fields(ReviewInfo)}

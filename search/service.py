@@ -91,6 +91,7 @@ class SearchService:
             searcher.encoder
             searcher.index.faiss
             searcher.index.lexical
+            searcher.index.paper_lexical
         except BaseException:
             index.close()
             raise

@@ -4,7 +4,7 @@ This module alone knows the layout of an index folder:
 
     index/
       CURRENT                 name of the live generation
-      gen-<time>-<rand>/      manifest.json, dense.faiss, passages.sqlite, lexical/
+      gen-<time>-<rand>/      manifest.json, dense.faiss, passages.sqlite, lexical/, paper_lexical/, tokens/
       settings.json           the note folders and model of the last build
       .lock                   held by a build while it runs
 
@@ -41,13 +41,14 @@ from .reader import ReviewInfo
 if TYPE_CHECKING:
     from .late import TokenStore
 
-FORMAT_VERSION = 4  # 3 added checksums and settings.json, 4 the passages' section kinds
+FORMAT_VERSION = 5  # 3 added checksums and settings.json, 4 the passages' section kinds, 5 paper_lexical/
 CURRENT = "CURRENT"
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
 VECTORS = "dense.faiss"
 PASSAGES = "passages.sqlite"
 LEXICAL = "lexical"
+PAPER_LEXICAL = "paper_lexical"  # BM25 with one document per paper (its reviews' passages), scored per row
 TOKENS = "tokens"  # per-token states for late interaction (search/late.py); absent in indexes built without them
 LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
@@ -198,6 +199,7 @@ class Index:
         self._db = db
         self._faiss = None
         self._lexical: LexicalIndex | None = None
+        self._paper_lexical: LexicalIndex | None = None
         self._tokens = None
 
     def damaged(self, what: str) -> IndexDamaged:
@@ -215,13 +217,24 @@ class Index:
     def lexical(self) -> LexicalIndex:
         """The BM25 index, loaded on first use (dense-only queries never pay for it)."""
         if self._lexical is None:
-            try:
-                self._lexical = LexicalIndex.load(self.folder / LEXICAL)
-            except Exception as e:  # numpy and json raise many types for a bad file
-                raise self.damaged(f"{self.folder / LEXICAL} is damaged ({type(e).__name__})") from e
-            if self._lexical.size != self.size:
-                raise self.damaged(f"{self.folder / LEXICAL} does not match the passages")
+            self._lexical = self._load_lexical(LEXICAL)
         return self._lexical
+
+    @property
+    def paper_lexical(self) -> LexicalIndex:
+        """BM25 with a paper's passages (all its reviews) as one document; a row scores as its paper."""
+        if self._paper_lexical is None:
+            self._paper_lexical = self._load_lexical(PAPER_LEXICAL)
+        return self._paper_lexical
+
+    def _load_lexical(self, name: str) -> LexicalIndex:
+        try:
+            lexical = LexicalIndex.load(self.folder / name)
+        except Exception as e:  # numpy and json raise many types for a bad file
+            raise self.damaged(f"{self.folder / name} is damaged ({type(e).__name__})") from e
+        if lexical.size != self.size:
+            raise self.damaged(f"{self.folder / name} does not match the passages")
+        return lexical
 
     @property
     def tokens(self):
@@ -582,14 +595,14 @@ class Writer:
 
     def write(
         self, model_id: str, dim: int, roots: list[str], passages: Sequence[StoredPassage], vectors: np.ndarray,
-        lexical: LexicalIndex, tokens: "TokenStore | None" = None,
+        lexical: LexicalIndex, paper_lexical: LexicalIndex, tokens: "TokenStore | None" = None,
     ) -> Manifest:
-        """Write passages, their vectors (row i = passages[i]), the lexical index and token states, then the manifest.
+        """Write passages, their vectors (row i = passages[i]), the two lexical indexes and token states, then the manifest.
 
         Raises DiskError when the disk refuses the write.
         """
         try:
-            return self._write(model_id, dim, roots, passages, vectors, lexical, tokens)
+            return self._write(model_id, dim, roots, passages, vectors, lexical, paper_lexical, tokens)
         except OSError as e:
             raise _disk_error(e, self.index_dir) or e
         except (RuntimeError, sqlite3.OperationalError) as e:
@@ -597,7 +610,7 @@ class Writer:
             raise DiskError(f"cannot write the index at {self.index_dir}: {_why_write_failed(self.index_dir, e)}; "
                             "the previous index is unchanged") from e
 
-    def _write(self, model_id, dim, roots, passages, vectors, lexical, tokens) -> Manifest:
+    def _write(self, model_id, dim, roots, passages, vectors, lexical, paper_lexical, tokens) -> Manifest:
         import faiss
 
         if len(passages) != len(vectors):
@@ -611,8 +624,11 @@ class Writer:
                 [tuple(getattr(p, c) for c in _COLUMNS) for p in passages],
             )
         db.close()
-        (self.tmp / LEXICAL).mkdir()
-        lexical.save(self.tmp / LEXICAL)
+        for name, bm25 in ((LEXICAL, lexical), (PAPER_LEXICAL, paper_lexical)):
+            if bm25.size != len(passages):
+                raise ValueError(f"{len(passages)} passages but {bm25.size} rows in {name}")
+            (self.tmp / name).mkdir()
+            bm25.save(self.tmp / name)
         if tokens is not None:
             if len(tokens) != len(passages):
                 raise ValueError(f"{len(passages)} passages but {len(tokens)} token states")

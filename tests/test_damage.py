@@ -147,6 +147,23 @@ def test_truncated_lexical_file_is_damage_not_abort(built: Path):
         idx.lexical
 
 
+@pytest.mark.parametrize("victim", ["groups.index.npy", "data.csc.index.npy", "params.index.json"])
+def test_damaged_paper_lexical_file_is_damage_not_abort(built: Path, victim: str):
+    target = generation(built) / "paper_lexical" / victim
+    target.write_bytes(target.read_bytes()[:20])
+    line = one_line_error(invoke("query", "hallucination", "--index", built))
+    assert "damaged" in line and "paper_lexical" in line
+    with open_index(built, verify=False) as idx, pytest.raises(IndexDamaged, match="paper_lexical"):
+        idx.paper_lexical
+
+
+def test_paper_lexical_without_its_row_groups_is_damage(built: Path):
+    # Unverified (large) generations load it anyway: one document per paper then no longer matches the rows.
+    (generation(built) / "paper_lexical" / "groups.index.npy").unlink()
+    with open_index(built, verify=False) as idx, pytest.raises(IndexDamaged, match="paper_lexical does not match"):
+        idx.paper_lexical
+
+
 def test_index_path_that_is_a_file(tmp_path: Path, notes: Path, fake_model):
     f = tmp_path / "not-a-folder"
     f.write_text("x")

@@ -152,14 +152,15 @@ def test_late_is_the_default_and_ranks_by_review_maxsim(notes: Path, tmp_path: P
 
 def test_late_fusion_weights_maxsim_ranks_over_bm25_ranks(notes: Path, tmp_path: Path, fake_encoder):
     # Every fused value is MAXSIM_WEIGHT/(RRF_K + i) + PAPER_WEIGHT/(RRF_K + l), plus 1/(RRF_K + j) when BM25
-    # ranked the row j-th.
+    # ranked the row j-th and PAPER_LEXICAL_WEIGHT/(RRF_K + m) when paper BM25 ranked it m-th.
     build_index([notes], tmp_path / "idx", fake_encoder)
     with open_index(tmp_path / "idx") as idx:
         hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("low-rank 행렬 LoRA", k=50, group="passage")).hits
         n = idx.size
-    k, w, wp = RRF_K, late.MAXSIM_WEIGHT, late.PAPER_WEIGHT
-    values = {w / (k + i) + wp / (k + l) + extra for i in range(1, n + 1) for l in range(1, n + 1)
-              for extra in [0.0] + [1 / (k + j) for j in range(1, n + 1)]}
+    k, w, wp, wb = RRF_K, late.MAXSIM_WEIGHT, late.PAPER_WEIGHT, late.PAPER_LEXICAL_WEIGHT
+    ranked = [0.0] + [1 / (k + j) for j in range(1, n + 1)]
+    values = {w / (k + i) + wp / (k + l) + lex + wb * paper for i in range(1, n + 1) for l in range(1, n + 1)
+              for lex in ranked for paper in ranked}
     assert len(hits) == n
     for h in hits:
         assert min(abs(h.fused - v) for v in values) < 1e-12, h.fused
@@ -217,3 +218,33 @@ def test_empty_index_then_a_week(tmp_path: Path, notes: Path, fake_encoder):
         assert Searcher(idx, fake_encoder).search(SearchRequest.parse("LoRA")).hits == []
     summary = build_index([notes], tmp_path / "idx", fake_encoder)
     assert summary.tokens_embedded == summary.passages > 0
+
+
+def test_paper_bm25_ranking_lifts_a_review_whose_sibling_matched(corpus_index: Path, fake_encoder, monkeypatch):
+    # With a weight no other ranking can outvote (1000/(k+i) - 1000/(k+i+1) > the others' 5.5/(k+1)), rows
+    # come exactly in paper BM25 order: the paper's review that lacks the words follows the one that has them.
+    monkeypatch.setattr(late, "PAPER_LEXICAL_WEIGHT", 1000.0)
+    with open_index(corpus_index) as idx:
+        searcher = Searcher(idx, fake_encoder)
+        request = SearchRequest.parse("in-batch negative", k=50, group="passage")
+        hits = searcher.search(request).hits
+        terms = idx.lexical.terms(request.query)
+        paper = idx.paper_lexical.scores_for(terms)
+        passage = idx.lexical.scores_for(terms)
+    matched = sorted(np.nonzero(paper > 0)[0], key=lambda r: (-paper[r], -passage[r], r))
+    assert [h.passage.row for h in hits[: len(matched)]] == matched
+    lifted = [h for h in hits[: len(matched)] if not passage[h.passage.row]]
+    assert lifted and all(h.passage.topic.startswith("Dense Passage") for h in hits[: len(matched)])
+    monkeypatch.setattr(late, "PAPER_LEXICAL_WEIGHT", 0.0)
+    with open_index(corpus_index) as idx:
+        without = Searcher(idx, fake_encoder).search(request).hits
+    assert [h.passage.row for h in without[: len(matched)]] != matched  # else this query shows nothing
+
+
+def test_paper_bm25_ranking_respects_filters(corpus_index: Path, fake_encoder, monkeypatch):
+    # The paper's score is the whole paper's, yet only the allowed rows are ranked by it.
+    monkeypatch.setattr(late, "PAPER_LEXICAL_WEIGHT", 1000.0)
+    with open_index(corpus_index) as idx:
+        hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("in-batch negative", reviewer="최지우")).hits
+    assert hits and all(h.passage.reviewer == "최지우" for h in hits)
+    assert hits[0].passage.topic.startswith("Dense Passage") and not hits[0].lexical

@@ -10,7 +10,8 @@ import pytest
 
 from search.build import build_index
 from search.errors import IndexBusy, IndexDamaged, NoIndex
-from search.store import CURRENT, Writer, faiss_index_for, open_index
+from search.lexical import GROUPS_FILE
+from search.store import CURRENT, PAPER_LEXICAL, Writer, faiss_index_for, open_index
 
 
 def test_open_missing_index_says_there_is_none(tmp_path: Path):
@@ -135,3 +136,29 @@ def test_papers_summarise_the_index(notes: Path, tmp_path: Path, fake_encoder):
         (3, 1, "김철수", ["이영희"], 2),
         (3, 2, "이영희", ["김, 철수"], 1),
     ]
+
+
+def test_paper_bm25_is_stored_checksummed_and_scores_each_row_as_its_paper(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    week = notes / "week3.md"
+    week.write_text(week.read_text(encoding="utf-8").replace("잡음이", "reverberation 잡음이"), encoding="utf-8")
+    fake_encoder.embedded.clear()
+    build_index([notes], tmp_path / "idx", fake_encoder)  # incremental: one passage changed
+    assert len(fake_encoder.embedded) == 1 and "reverberation" in fake_encoder.embedded[0]
+    with open_index(tmp_path / "idx") as idx:
+        stored = {p.relative_to(idx.folder).as_posix() for p in (idx.folder / PAPER_LEXICAL).iterdir()}
+        assert f"{PAPER_LEXICAL}/{GROUPS_FILE}" in stored and stored <= set(idx.manifest.checksums)
+        passages = idx.passages()
+        papers = {p.paper_key for p in passages}
+        assert idx.paper_lexical.documents == len(papers) < idx.size == idx.paper_lexical.size
+        for query in ("reverberation", "hallucination", "low-rank 행렬"):
+            terms = idx.lexical.terms(query)
+            paper, passage = idx.paper_lexical.scores_for(terms), idx.lexical.scores_for(terms)
+            for key in papers:
+                rows = [p.row for p in passages if p.paper_key == key]
+                assert len(set(paper[rows].tolist())) == 1, (query, key)  # one score per paper
+                assert (paper[rows[0]] > 0) == bool(passage[rows].max() > 0), (query, key)
+        # the edited passage's new word reaches every row of its paper, and no other paper's
+        terms = idx.lexical.terms("reverberation")
+        hit = {p.paper_key for p in passages if idx.paper_lexical.scores_for(terms)[p.row] > 0}
+        assert hit == {p.paper_key for p in passages if "reverberation" in p.text}
