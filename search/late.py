@@ -164,37 +164,53 @@ class TokenCodec:
         """Unit token rows (n, d_model) approximating what was encoded."""
         return unit_rows(self.coordinates(enc) @ self.basis + self.mean)
 
-    def cosines(self, query: np.ndarray, enc: Encoded) -> np.ndarray:
+    def cosines(self, query: np.ndarray, enc: Encoded, lengths: np.ndarray | None = None) -> np.ndarray:
         """(m, n) cosines of query unit rows with the tokens `enc` decodes to, without decoding them.
 
-        A decoded token is mean + basisᵀ(s·c) for its codes c and scale s; the
-        basis rows are orthonormal, so its squared length is
-        |mean|² + 2s c·(basis·mean) + s²|c|², and its dot product with a query
-        row q is q·mean + s (basis·q)·c. Everything per token comes from the
-        codes as small integers.
+        A decoded token is mean + basisᵀ(s·c) for its codes c and scale s, so
+        its dot product with a query row q is q·mean + s (basis·q)·c: products
+        with the codes as small integers. `lengths` are the tokens' decoded
+        lengths (`lengths(enc)`), when the caller has them already.
         """
-        qb, bm = query @ self.basis.T, self.basis @ self.mean
+        planes = self._planes(enc)
+        qb = self._plane_columns(query @ self.basis.T)
         s = enc.scales.astype(np.float32)
-        if self.bits == 4:
-            # Codes are stored as c + 8, two to a byte: the low nibbles hold the even
-            # coordinates, the high ones the odd. Multiplying the two nibble planes, side by
-            # side, by the matching columns, instead of interleaving the coordinates back,
-            # makes scoring several times faster (README, "Performance").
-            width = enc.codes.shape[1]
-            planes = np.empty((len(enc.codes), 2 * width), np.float32)
-            np.bitwise_and(enc.codes, 0x0F, out=planes[:, :width], casting="unsafe")
-            np.right_shift(enc.codes, 4, out=planes[:, width:], casting="unsafe")
-            qb, bm = _pad(qb, 2 * width), _pad(bm, 2 * width)  # an odd dim's last high nibble codes 0
-            qp = np.hstack([qb[:, 0::2], qb[:, 1::2]])
-            bp = np.concatenate([bm[0::2], bm[1::2]])
-            qc = (planes @ qp.T).T - 8 * qb.sum(axis=1)[:, None]
-            bc = planes @ bp - 8 * bm.sum()
-            cc = np.einsum("ij,ij->i", planes, planes) - 16 * planes.sum(axis=1) + 128 * width
-        else:
-            c = enc.codes.astype(np.float32)
-            qc, bc, cc = (c @ qb.T).T, c @ bm, np.einsum("ij,ij->i", c, c)
-        norms = np.sqrt(np.maximum(self.mean @ self.mean + 2 * s * bc + s * s * cc, 1e-12))
-        return (qc * s + (query @ self.mean)[:, None]) / norms
+        dots = (planes @ qb.T).T * s + (query @ self.mean)[:, None]
+        return dots / (self.lengths(enc, planes) if lengths is None else lengths)
+
+    def lengths(self, enc: Encoded, planes: np.ndarray | None = None) -> np.ndarray:
+        """(n,) lengths of the tokens `enc` decodes to, before they are scaled to unit length.
+
+        The basis rows are orthonormal, so |mean + basisᵀ(s·c)|² is
+        |mean|² + 2s c·(basis·mean) + s²|c|².
+        """
+        planes = self._planes(enc) if planes is None else planes
+        s = enc.scales.astype(np.float32)
+        bc = planes @ self._plane_columns(self.basis @ self.mean)
+        cc = np.einsum("ij,ij->i", planes, planes)
+        return np.sqrt(np.maximum(self.mean @ self.mean + 2 * s * bc + s * s * cc, 1e-12))
+
+    def _planes(self, enc: Encoded) -> np.ndarray:
+        """The codes as float32 integers c, in the column order `_plane_columns` puts coordinates in."""
+        if self.bits != 4:
+            return enc.codes.astype(np.float32)
+        # Codes are stored as c + 8, two to a byte: the low nibbles hold the even
+        # coordinates, the high ones the odd. Keeping the two nibble planes side by side,
+        # and reordering the other operand's columns to match, instead of interleaving
+        # the coordinates back, makes scoring several times faster (README, "Performance").
+        width = enc.codes.shape[1]
+        planes = np.empty((len(enc.codes), 2 * width), np.float32)
+        np.bitwise_and(enc.codes, 0x0F, out=planes[:, :width], casting="unsafe")
+        np.right_shift(enc.codes, 4, out=planes[:, width:], casting="unsafe")
+        planes -= 8
+        return planes
+
+    def _plane_columns(self, x: np.ndarray) -> np.ndarray:
+        """`x`'s last axis (codec coordinates) in the column order of `_planes`."""
+        if self.bits != 4:
+            return x
+        x = _pad(x, 2 * ((self.dim + 1) // 2))  # an odd dim's last high nibble codes 0
+        return np.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
 
 
 def _pad(x: np.ndarray, width: int) -> np.ndarray:
@@ -219,6 +235,24 @@ class TokenStore:
         self.codec = codec
         self.fitted_tokens = fitted_tokens  # tokens the codec was fitted on
         self.codes, self.scales, self.offsets = codes, scales, offsets
+        self._lengths: np.ndarray | None = None  # decoded token lengths, NaN until first needed
+
+    def codes_of(self, rows: list[int]) -> tuple[Encoded, np.ndarray]:
+        """The tokens of `rows`, in order: their codes, and their decoded lengths.
+
+        The lengths depend on the stored codes only, so they are worked out once
+        per token and kept: a server scoring the same tokens query after query
+        skips that part of the work.
+        """
+        tokens = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if rows else np.zeros(0, np.int64)
+        enc = Encoded(np.asarray(self.codes[tokens]), np.asarray(self.scales[tokens]))
+        if self._lengths is None:
+            self._lengths = np.full(self.total_tokens, np.nan, np.float32)
+        lengths = self._lengths[tokens]
+        if np.isnan(lengths).any():
+            lengths = self.codec.lengths(enc)
+            self._lengths[tokens] = lengths
+        return enc, lengths
 
     @classmethod
     def from_encoded(cls, codec: TokenCodec, fitted_tokens: int, encoded: list[Encoded]) -> "TokenStore":
@@ -302,10 +336,9 @@ def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int
     if not rows or not len(query):
         zero = {r: 0.0 for r in rows}
         return LateScores(dict(zero), dict(zero), dict(zero))
-    spans = [(int(store.offsets[r]), int(store.offsets[r + 1])) for r in rows]
-    tokens = np.concatenate([np.arange(a, b) for a, b in spans])
-    sims = store.codec.cosines(query, Encoded(np.asarray(store.codes[tokens]), np.asarray(store.scales[tokens])))
-    counts = np.array([b - a for a, b in spans])
+    enc, lengths = store.codes_of(rows)
+    sims = store.codec.cosines(query, enc, lengths)
+    counts = np.diff(store.offsets)[rows]
     if np.any(counts == 0):  # keep_mask never stores an empty passage; a damaged store could
         raise ValueError("a passage without tokens")
 

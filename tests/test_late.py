@@ -248,3 +248,13 @@ def test_paper_bm25_ranking_respects_filters(corpus_index: Path, fake_encoder, m
         hits = Searcher(idx, fake_encoder).search(SearchRequest.parse("in-batch negative", reviewer="최지우")).hits
     assert hits and all(h.passage.reviewer == "최지우" for h in hits)
     assert hits[0].passage.topic.startswith("Dense Passage") and not hits[0].lexical
+
+
+def test_store_works_out_each_token_length_once():
+    codec = late.TokenCodec.fit(token_like(800))
+    store = late.TokenStore.from_encoded(codec, 800, [codec.encode(token_like(n, seed=n)) for n in (5, 9, 2, 7)])
+    enc, lengths = store.codes_of([3, 1])
+    assert np.allclose(np.linalg.norm(codec.coordinates(enc) @ codec.basis + codec.mean, axis=1), lengths, atol=1e-5)
+    store._lengths[store.offsets[3] : store.offsets[4]] = -1.0  # what was kept is what the next call uses
+    assert np.all(store.codes_of([3])[1] == -1.0)
+    assert not np.any(store.codes_of([0])[1] == -1.0)
