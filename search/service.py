@@ -106,10 +106,10 @@ class SearchService:
         """The results of `request` from the live generation of the index."""
         embedded = None
         searcher = self._run(self._current)
-        needs = searcher.query_embeddings(request)
-        if needs:
+        method = searcher.query_embedding(request)
+        if method:
             encoder = searcher.encoder
-            embedded = _Embedded(encoder, request.query, {name: self._embed(encoder, name, request.query) for name in needs})
+            embedded = _Embedded(encoder, request.query, method, self._embed(encoder, method, request.query))
 
         def run() -> SearchResult:
             searcher = self._current()
@@ -187,12 +187,12 @@ class SearchService:
 class _Embedded:
     """An encoder that already holds what one query needs (embedded off the index thread)."""
 
-    def __init__(self, encoder: Encoder, query: str, done: dict[str, Any]):
-        self.encoder, self._query, self._done = encoder, query, done
+    def __init__(self, encoder: Encoder, query: str, method: str, result: Any):
+        self.encoder, self._query, self._method, self._result = encoder, query, method, result
 
     def _call(self, method: str, text: str):
-        if text == self._query and method in self._done:
-            return self._done[method]
+        if text == self._query and method == self._method:
+            return self._result
         return getattr(self.encoder, method)(text)
 
     def embed_query(self, text: str):
@@ -200,6 +200,9 @@ class _Embedded:
 
     def embed_query_tokens(self, text: str):
         return self._call("embed_query_tokens", text)
+
+    def embed_query_and_tokens(self, text: str):
+        return self._call("embed_query_and_tokens", text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.encoder, name)  # model_id, dim and the rest, as the model has them

@@ -51,3 +51,6 @@ class FakeEncoder:
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         return self._tokens(text)
+
+    def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        return self._vector(text), self._tokens(text)

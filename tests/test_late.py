@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fakes import FakeEncoder
 from search import late
 from search.build import build_index
 from search.errors import IndexDamaged
@@ -196,7 +197,7 @@ def test_paper_scores_on_the_corpus_pool_each_papers_reviews(corpus_index: Path,
     with open_index(corpus_index) as idx:
         searcher = Searcher(idx, fake_encoder)
         rows = np.arange(idx.size)
-        ms = searcher.late_scores("low-rank adaptation 학습 비용", rows)
+        ms = searcher.late_scores(fake_encoder.embed_query_tokens("low-rank adaptation 학습 비용"), rows)
         passages = idx.passages()
         store = idx.token_store()
         query = fake_encoder.embed_query_tokens("low-rank adaptation 학습 비용")
@@ -258,3 +259,18 @@ def test_store_works_out_each_token_length_once():
     store._lengths[store.offsets[3] : store.offsets[4]] = -1.0  # what was kept is what the next call uses
     assert np.all(store.codes_of([3])[1] == -1.0)
     assert not np.any(store.codes_of([0])[1] == -1.0)
+
+
+@pytest.mark.parametrize("min_score,method", [(None, "embed_query_tokens"), (0.0, "embed_query_and_tokens")])
+def test_late_query_runs_the_model_once(corpus_index: Path, min_score, method):
+    calls: list[str] = []
+
+    class Counting(FakeEncoder):
+        def __getattribute__(self, name):
+            if name.startswith("embed_query"):
+                calls.append(name)
+            return super().__getattribute__(name)
+
+    with open_index(corpus_index) as idx:
+        Searcher(idx, Counting()).search(SearchRequest.parse("low-rank adaptation", min_score=min_score))
+    assert calls == [method]
