@@ -87,8 +87,9 @@ class SearchService:
             if encoder is None and old is not None and old.encoder.model_id == index.manifest.model_id:
                 encoder = old.encoder
             searcher = Searcher(index, encoder)
-            # Load the model, the vectors and BM25 now, so no request pays for them.
-            searcher.encoder
+            # Load the model (what a default request runs), the vectors and BM25 now, so no request pays for them.
+            warm = SearchRequest.parse("warm up")
+            getattr(searcher.encoder, searcher.query_embedding(warm) or "embed_query")(warm.query)
             searcher.index.faiss
             searcher.index.lexical
             searcher.index.paper_lexical
