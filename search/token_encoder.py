@@ -41,9 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .embedding import E5_PREFIXES
 from .errors import ModelError
 
-QUERY_PREFIX = "query: "
+QUERY_PREFIX = E5_PREFIXES["query"]
 MAX_TOKENS = 512
 TABLES = "query_tokenizer.safetensors"
 LAYERS = "query_layers.safetensors"
