@@ -336,14 +336,11 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 
     with clean_errors(index_dir):
         with open_index(index_dir) as idx:
+            if as_json:
+                emit_json(idx.contents())
+                return
             papers = idx.papers()
     m = idx.manifest
-    if as_json:
-        emit_json({
-            "model": m.model_id, "created": m.created, "files": len(m.files), "reviews": m.reviews,
-            "passages": m.passages, "papers": [asdict(p) for p in papers],
-        })
-        return
     from .display import render_papers
 
     render_papers(_console(), f"{index_dir}: {len(m.files)} files, {len(papers)} papers, "

@@ -38,7 +38,7 @@ import re
 import secrets
 import socket
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 from urllib.parse import parse_qsl, urlencode
@@ -328,11 +328,7 @@ def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
         query_params(request, ())
         if wants_html(request):
             return await pages.papers(request)
-        status, listed = await call(service.status), await call(service.papers)
-        return _json(200, {
-            "model": status["model"], "created": status["created"], "files": status["files"],
-            "reviews": status["reviews"], "passages": status["passages"], "papers": [asdict(p) for p in listed],
-        })
+        return _json(200, await call(service.contents))
 
     async def related(request: Request) -> Response:
         q = RelatedQuery.parse(query_params(request, RELATED_PARAMS))

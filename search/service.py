@@ -146,6 +146,10 @@ class SearchService:
         """Every reviewed paper in the index (what `list` shows)."""
         return self._run(lambda: self._current().index.papers())
 
+    def contents(self) -> dict:
+        """The index's totals, model and papers, as `list --json` shows them."""
+        return self._run(lambda: self._current().index.contents())
+
     def review(self, file: str, line: int) -> list[StoredPassage]:
         """The whole review covering `line` of `file` (path or file name), passage by passage."""
 

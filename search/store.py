@@ -310,6 +310,14 @@ class Index:
             for week, file, topic_no, topic, presenter, reviewers, n in rows
         ]
 
+    def contents(self) -> dict:
+        """What `list --json` and the API's /papers show: the index's totals, model and every paper."""
+        m = self.manifest
+        return {
+            "model": m.model_id, "created": m.created, "files": len(m.files), "reviews": m.reviews,
+            "passages": m.passages, "papers": [asdict(p) for p in self.papers()],
+        }
+
     def review_at(self, file: str, line: int) -> list[StoredPassage]:
         """All passages of the review that covers `line` of `file` (a path as stored, or a file name), in order.
 
