@@ -9,7 +9,6 @@ same paper, under any week, are left out.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,9 +17,8 @@ from .errors import BadRequest, NotFound
 from .ranking import Hit
 from .request import Filters, RelatedGroup
 from .store import Index, StoredPassage
+from .titles import match_titles
 
-FUZZY_CUTOFF = 70  # rapidfuzz WRatio (0-100); below this a title is not a match
-FUZZY_TIE = 3  # runner-up within this many points of the best: ambiguous
 
 
 class TopicNotFound(NotFound):
@@ -39,40 +37,16 @@ class AmbiguousTopic(BadRequest):
         super().__init__(f"{query!r} matches several papers, be more specific: {listed}")
 
 
-def initials(title: str) -> str:
-    """`Dense Passage Retrieval for ...` → `DPRF...`: how people abbreviate papers (DPR, RAG, CoT)."""
-    return "".join(w[0] for w in re.split(r"[\s\-:]+", title) if w and w[0].isalnum()).upper()
-
-
 def match_topic(query: str, titles: list[str]) -> str:
-    """The one title `query` names: exact, else a unique substring or acronym, else a clear fuzzy winner."""
-    q = query.strip().casefold()
-    if not q:
+    """The one reviewed title `query` names (`titles.match_titles`, loose tiers too); several are an error listing them."""
+    if not query.strip():
         raise TopicNotFound("the paper title is empty")
-    unique = sorted(set(titles))
-    exact = [t for t in unique if t.casefold() == q]
-    if exact:
-        return exact[0]
-    contains = [t for t in unique if q in t.casefold()]
-    if len(contains) == 1:
-        return contains[0]
-    if len(contains) > 1:
-        raise AmbiguousTopic(query, contains)
-    q_upper = query.strip().upper()
-    acronyms = [t for t in unique if len(q_upper) >= 2 and q_upper.isalnum() and initials(t).startswith(q_upper)]
-    if len(acronyms) == 1:
-        return acronyms[0]
-    if len(acronyms) > 1:
-        raise AmbiguousTopic(query, acronyms)
-    from rapidfuzz import fuzz, process, utils
-
-    scored = process.extract(query, unique, scorer=fuzz.WRatio, processor=utils.default_process, limit=3)
-    good = [(t, s) for t, s, _ in scored if s >= FUZZY_CUTOFF]
-    if not good:
+    matches = match_titles(query, titles, loose=True)
+    if not matches:
         raise TopicNotFound(f"no reviewed paper matches {query!r}")
-    if len(good) > 1 and good[0][1] - good[1][1] < FUZZY_TIE:
-        raise AmbiguousTopic(query, [t for t, s in good if good[0][1] - s < FUZZY_TIE])
-    return good[0][0]
+    if len(matches) > 1:
+        raise AmbiguousTopic(query, [m.title for m in matches])
+    return matches[0].title
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,14 @@
 """Has the group reviewed this paper? A title, an arXiv id or URL, or a DOI, looked up in the notes.
 
-Titles are compared after normalisation (Unicode NFKC, case folded, version
-markers such as `v2` dropped, punctuation to spaces), in tiers from the
-surest to the loosest; the first tier with a match answers:
-
-1. the same title, or the same short name: the part before the colon
-   (`Calm-Whisper`, `QLoRA`), on either side, so another subtitle or a
-   later version of a paper still matches;
-2. the query is the start of a title (`calm-whisper reduce whisper
-   hallucination`), at least two words, or contains a whole title;
-3. a near spelling: rapidfuzz's `ratio` of at least 90 against the title,
-   its short name or its start of the query's length (one or two typos),
-   for queries of 8 characters or more (`LoRA` is one edit from `QLoRA`);
-4. a similar title by embedding: the index's model embeds the query and
-   every title (there are dozens) and a cosine of at least 0.93 counts as
-   the same paper under another wording. Against the 34 titles of the dev
-   notes, 25 titles of papers not among them scored at most 0.914 (RoBERTa
-   against BERT), and 9 of 10 rewordings of reviewed titles 0.936 to 0.983
-   (the tenth, 0.899, is missed: a thin margin, measured on few titles;
-   bench/seen_threshold.py).
+Titles are matched by `titles.match_titles`'s strict tiers (the same title
+or short name, the start of a title, a near spelling), the ones that say the
+query *is* that paper. When none matches, a similar title by embedding
+counts: the index's model embeds the query and every title (there are
+dozens) and a cosine of at least 0.93 counts as the same paper under another
+wording. Against the 34 titles of the dev notes, 25 titles of papers not
+among them scored at most 0.913 (RoBERTa against BERT), and 9 of 10
+rewordings of reviewed titles 0.936 to 0.983 (the tenth, 0.899, is missed:
+a thin margin, measured on few titles; bench/seen_threshold.py).
 
 When nothing matches, the closest titles by that cosine are listed.
 
@@ -33,7 +23,6 @@ link); anywhere else it is listed as "mentioned in", which is weaker.
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -43,11 +32,9 @@ import numpy as np
 from .embedding import Encoder
 from .errors import BadRequest
 from .store import Index, StoredPassage
+from .titles import match_titles
 
-FUZZY_MIN = 90  # rapidfuzz ratio (0-100) for a near spelling
-FUZZY_MIN_CHARS = 8  # below this one edit is a different name, not a typo
 SIMILAR_MIN = 0.93  # title cosine for "the same paper, other wording" (see module doc)
-PREFIX_MIN_WORDS = 2
 CLOSEST = 3
 
 # New-style arXiv ids (YYMM.NNNNN) and old-style ones (hep-th/9901001).
@@ -57,20 +44,6 @@ _ARXIV = re.compile(
 )
 _BARE_ARXIV = re.compile(rf"^{_ARXIV_ID}$", re.IGNORECASE)
 _DOI = re.compile(r"\b(10\.\d{4,9}/[^\s\"'<>()\[\]{}]+)", re.IGNORECASE)
-_VERSION = re.compile(r"\bv\d+\b")
-_NON_WORD = re.compile(r"[\W_]+")
-
-
-def normalise_title(title: str) -> str:
-    """`Calm-Whisper: Reduce …` → `calm whisper reduce …`; `… v2` loses the version."""
-    text = unicodedata.normalize("NFKC", title).casefold()
-    return " ".join(_VERSION.sub(" ", _NON_WORD.sub(" ", text)).split())
-
-
-def short_name(title: str) -> str:
-    """The normalised part before the first colon (`QLoRA`), or '' when the title has none."""
-    head, colon, _ = unicodedata.normalize("NFKC", title).partition(":")
-    return normalise_title(head) if colon else ""
 
 
 def find_identifiers(text: str) -> list[str]:
@@ -197,30 +170,11 @@ def topics(passages: list[StoredPassage]) -> list[Topic]:
 
 
 def _by_title(query: str, all_topics: list[Topic]) -> list[Match]:
-    """Matches from the text of the titles alone (tiers 1-3 of the module doc)."""
-    from rapidfuzz import fuzz
-
-    q, q_short = normalise_title(query), short_name(query)
-    if not q:
-        return []
-    tiers: dict[str, list[Match]] = {"title": [], "short name": [], "prefix": [], "fuzzy": []}
+    """Matches from the text of the titles alone (the strict tiers of `titles.match_titles`)."""
+    by_title: dict[str, list[Topic]] = {}
     for t in all_topics:
-        title, short = normalise_title(t.title), short_name(t.title)
-        if q == title:
-            tiers["title"].append(Match(t, "title"))
-        elif short and (q == short or q_short == short):
-            tiers["short name"].append(Match(t, "short name"))
-        elif (len(q.split()) >= PREFIX_MIN_WORDS and f"{title} ".startswith(f"{q} ")) or f" {title} " in f" {q} ":
-            tiers["prefix"].append(Match(t, "prefix"))
-        elif len(q) >= FUZZY_MIN_CHARS:
-            candidates = [title, short, title[: len(q)]] if len(q.split()) >= PREFIX_MIN_WORDS else [title, short]
-            score = max(fuzz.ratio(q, c) for c in candidates if c)
-            if score >= FUZZY_MIN:
-                tiers["fuzzy"].append(Match(t, "fuzzy", round(score, 1)))
-    for matches in tiers.values():
-        if matches:
-            return sorted(matches, key=lambda m: -(m.score or 100))
-    return []
+        by_title.setdefault(t.title, []).append(t)
+    return [Match(t, m.how, m.score) for m in match_titles(query, list(by_title)) for t in by_title[m.title]]
 
 
 def _title_similarity(query: str, all_topics: list[Topic], encoder: Encoder) -> np.ndarray:

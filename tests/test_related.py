@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from search.cli import app
 from search.request import Filters
-from search.related import AmbiguousTopic, TopicNotFound, initials, match_topic, related_reviews
+from search.related import AmbiguousTopic, TopicNotFound, match_topic, related_reviews
+from search.titles import initials
 from search.store import open_index
 
 TITLES = [
@@ -39,8 +40,12 @@ def test_match_topic(query, title):
 
 def test_ambiguous_matches_are_listed_not_guessed():
     with pytest.raises(AmbiguousTopic) as e:
-        match_topic("bert", TITLES)
-    assert e.value.candidates == [TITLES[0], TITLES[1]]
+        match_topic("retrieval", TITLES)
+    assert e.value.candidates == [TITLES[2], TITLES[3]]
+
+
+def test_a_short_name_is_that_paper_not_every_title_containing_it():
+    assert match_topic("bert", TITLES) == TITLES[0]  # BERT's short name; Sentence-BERT only contains it
 
 
 def test_unknown_topic():
@@ -96,5 +101,5 @@ def test_related_command(index, fake_model):
     data = json.loads(out.stdout)
     assert data["paper"] == TITLES[2] and len(data["related"]) == 2
     assert {"file", "line", "week", "topic", "reviewer", "score", "reviewers"} <= set(data["related"][0])
-    amb = runner.invoke(app, ["related", "bert", "--index", str(index.folder.parent)])
-    assert amb.exit_code == 2 and "Sentence-BERT" in amb.output and "Traceback" not in amb.output
+    amb = runner.invoke(app, ["related", "large language models", "--index", str(index.folder.parent)])
+    assert amb.exit_code == 2 and "LoRA" in amb.output and "Chain-of-Thought" in amb.output and "Traceback" not in amb.output

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from search.build import build_index
 from search.cli import app
-from search.seen import find_identifiers, normalise_title, parse_identifier, seen, short_name
+from search.seen import find_identifiers, parse_identifier, seen
 from search.store import open_index
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
@@ -26,13 +26,6 @@ def seeds_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("seen") / "idx"
     build_index([SEEDS], folder, FakeEncoder())
     return folder
-
-
-def test_normalise_title_and_short_name():
-    assert normalise_title("Calm-Whisper:  Reduce  WHISPER v2") == "calm whisper reduce whisper"
-    assert normalise_title("ＢＥＲＴ（ｖ３）") == "bert"  # full-width forms fold, the version goes
-    assert short_name("QLoRA: Efficient Finetuning") == "qlora"
-    assert short_name("Attention Is All You Need") == ""
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,52 @@
+"""The title matcher `seen` and `related` share: strict tiers say "this is that paper", loose ones resolve a loose name."""
+
+from __future__ import annotations
+
+import pytest
+
+from search.titles import initials, match_titles, normalise_title, short_name
+
+TITLES = [
+    "Calm-Whisper: Reduce Whisper Hallucination On Non-Speech By Calming Crazy Heads Down",
+    "QLoRA: Efficient Finetuning of Quantized LLMs",
+    "Dense Passage Retrieval for Open-Domain Question Answering",
+    "Fast Inference from Transformers via Speculative Decoding",
+    "Retrieval-Augmented Generation for Knowledge-Intensive NLP Tasks",
+]
+
+
+def test_normalise_title_and_short_name():
+    assert normalise_title("Calm-Whisper:  Reduce  WHISPER v2") == "calm whisper reduce whisper"
+    assert normalise_title("ＢＥＲＴ（ｖ３）") == "bert"  # full-width forms fold, the version goes
+    assert short_name("QLoRA: Efficient Finetuning") == "qlora"
+    assert short_name("Attention Is All You Need") == ""
+    assert initials("Chain-of-Thought Prompting Elicits") == "COTPE"
+
+
+@pytest.mark.parametrize("query, title, how", [
+    ("calm whisper", TITLES[0], "short name"),
+    ("QLoRA: Efficient Finetuning of Quantized Large Language Models", TITLES[1], "short name"),
+    ("qlora efficient finetuning", TITLES[1], "prefix"),
+    ("dense passage retreival for open domain", TITLES[2], "fuzzy"),
+    ("fast inference from transformers via speculative decoding v2", TITLES[3], "title"),
+])
+def test_strict_tiers_name_the_paper_for_both(query, title, how):
+    for loose in (False, True):
+        assert [(m.title, m.how) for m in match_titles(query, TITLES, loose=loose)] == [(title, how)]
+
+
+@pytest.mark.parametrize("query, title, how", [
+    ("speculative decoding", TITLES[3], "words"),
+    ("DPR", TITLES[2], "acronym"),
+    ("rag", TITLES[4], "acronym"),
+])
+def test_loose_tiers_only_resolve_names_of_reviewed_papers(query, title, how):
+    assert match_titles(query, TITLES) == []  # not enough for `seen` to say "reviewed"
+    assert [(m.title, m.how) for m in match_titles(query, TITLES, loose=True)] == [(title, how)]
+
+
+def test_whole_words_only_and_ties_are_all_returned():
+    assert match_titles("lora", TITLES, loose=True) == []  # not QLoRA
+    assert [m.title for m in match_titles("retrieval", TITLES, loose=True)] == [TITLES[2], TITLES[4]]
+    assert match_titles("whisper", TITLES) == []  # Calm-Whisper is not Whisper
+    assert match_titles("   ", TITLES, loose=True) == []
