@@ -56,6 +56,7 @@ PAPER_WEIGHT = 0.5
 # queries below 0.75.
 PAPER_LEXICAL_WEIGHT = 0.25
 CODEC_DIM = 256  # principal directions kept; README "Token storage" has the bytes/quality table
+SCORE_SLICE = 2048  # tokens per product in TokenCodec.cosines: 2 MB of planes, about one core's L2
 CODEC_BITS = 4
 
 
@@ -170,19 +171,26 @@ class TokenCodec:
         with the codes as small integers. `lengths` are the tokens' decoded
         lengths (`lengths(enc)`), when the caller has them already.
         """
-        planes = self._planes(enc)
-        qb = self._plane_columns(query @ self.basis.T)
-        s = enc.scales.astype(np.float32)
-        dots = (planes @ qb.T).T * s + (query @ self.mean)[:, None]
-        return dots / (self.lengths(enc, planes) if lengths is None else lengths)
+        qb = np.ascontiguousarray(self._plane_columns(query @ self.basis.T).T)
+        lengths = self.lengths(enc) if lengths is None else lengths
+        out = np.empty((len(query), len(enc.codes)), np.float32)
+        # In slices: the integer planes of 40,000 tokens would be 40 MB of float32, and
+        # allocating and faulting in that much took longer than the product (README, "Performance").
+        for a in range(0, len(enc.codes), SCORE_SLICE):
+            b = min(a + SCORE_SLICE, len(enc.codes))
+            out[:, a:b] = (self._planes(Encoded(enc.codes[a:b], enc.scales[a:b])) @ qb).T
+        out *= enc.scales.astype(np.float32)
+        out += (query @ self.mean)[:, None]
+        out /= lengths
+        return out
 
-    def lengths(self, enc: Encoded, planes: np.ndarray | None = None) -> np.ndarray:
+    def lengths(self, enc: Encoded) -> np.ndarray:
         """(n,) lengths of the tokens `enc` decodes to, before they are scaled to unit length.
 
         The basis rows are orthonormal, so |mean + basisᵀ(s·c)|² is
         |mean|² + 2s c·(basis·mean) + s²|c|².
         """
-        planes = self._planes(enc) if planes is None else planes
+        planes = self._planes(enc)
         s = enc.scales.astype(np.float32)
         bc = planes @ self._plane_columns(self.basis @ self.mean)
         cc = np.einsum("ij,ij->i", planes, planes)

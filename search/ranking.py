@@ -24,6 +24,11 @@ from .request import Filters, Group, Mode, SearchRequest
 from .store import Index, StoredPassage
 
 CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
+# MaxSim scores every row of an index up to this size; on a larger one, only this many
+# rows: the head of the dense and BM25 rankings fused. Scoring every row of 1,392
+# passages took 146 ms a query; on the labelled sets (186 passages) a pool of 100 rows
+# left nDCG@10 unchanged on both, 60 lost 0.013 on dev-corpus-2 (README, "Performance").
+LATE_POOL = 400
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
 
 
@@ -116,14 +121,15 @@ class Searcher:
         return late.late_scores(tokens, self.index.token_store(), self.index.paper_groups(rows))
 
     def _scores_every_row(self) -> bool:
-        """Whether MaxSim scores every row (small indexes) rather than the heads of the dense and BM25 rankings."""
-        return self.index.size <= CANDIDATES
+        """Whether MaxSim scores every row (small indexes) rather than a pool from the dense and BM25 rankings."""
+        return self.index.size <= LATE_POOL
 
     def _late_candidates(self, allowed: np.ndarray | None, dense: dict, lexical: dict) -> np.ndarray:
-        """Rows MaxSim is computed for: all (allowed) rows of a small index, else the heads of the other rankings."""
+        """Rows MaxSim is computed for: all (allowed) rows of a small index, else the LATE_POOL best of dense and BM25 fused."""
         if self._scores_every_row():
             return allowed if allowed is not None else np.arange(self.index.size)
-        return np.array(sorted(set(dense) | set(lexical)), dtype=np.int64)
+        fused = rrf([dense, lexical])
+        return np.array(sorted(sorted(fused, key=lambda r: (-fused[r], r))[:LATE_POOL]), dtype=np.int64)
 
     def query_embedding(self, request: SearchRequest) -> str | None:
         """The encoder method `search(request)` calls on the query, if any (a server runs it off its index thread).

@@ -274,3 +274,24 @@ def test_late_query_runs_the_model_once(corpus_index: Path, min_score, method):
     with open_index(corpus_index) as idx:
         Searcher(idx, Counting()).search(SearchRequest.parse("low-rank adaptation", min_score=min_score))
     assert calls == [method]
+
+
+def test_large_index_scores_a_pool_from_dense_and_bm25(corpus_index: Path, monkeypatch):
+    """Over LATE_POOL passages MaxSim scores only the head of dense and BM25 fused (here: a pool of 3)."""
+    from search import ranking
+
+    monkeypatch.setattr(ranking, "LATE_POOL", 3)
+    encoder = FakeEncoder()
+    with open_index(corpus_index) as idx:
+        assert idx.size > 3
+        searcher = Searcher(idx, encoder)
+        request = SearchRequest.parse("low-rank adaptation 학습 비용", k=20, group="passage")
+        vector = encoder.embed_query(request.query)
+        dense = searcher.dense_scores(vector, None, ranking.CANDIDATES)
+        lexical = searcher.lexical_scores(idx.lexical.terms(request.query), None, ranking.CANDIDATES)
+        fused = ranking.rrf([dense, lexical])
+        pool = set(sorted(fused, key=lambda r: (-fused[r], r))[:3])
+        hits = searcher.search(request).hits
+        filtered = searcher.search(SearchRequest.parse(request.query, reviewer="김철수")).hits
+    assert {h.passage.row for h in hits if h.maxsim is not None} == pool
+    assert filtered and all(h.passage.reviewer == "김철수" for h in filtered)
