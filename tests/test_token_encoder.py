@@ -238,6 +238,19 @@ def test_query_path_imports_neither_torch_nor_tokenizers(e5_model_dir: Path) -> 
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.model
+def test_truncated_layer_file_is_a_clear_error(e5_model_dir: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken-layers"
+    broken.mkdir()
+    for item in e5_model_dir.iterdir():
+        if item.name != LAYERS:
+            (broken / item.name).symlink_to(item)
+    with open(e5_model_dir / LAYERS, "rb") as src:
+        (broken / LAYERS).write_bytes(src.read(1 << 20))
+    with pytest.raises(ModelError, match=f"{LAYERS} is truncated.*delete the folder"):
+        QueryTokenEncoder(broken)
+
+
 def test_missing_model_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="config.json"):
         QueryTokenEncoder(tmp_path)
