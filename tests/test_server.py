@@ -615,3 +615,21 @@ def test_static_files_and_security_headers(server):
     assert "default-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
     assert call(server, "/static/../search/server.py")[0] == 404
+
+
+def test_replies_on_a_kept_alive_connection_are_not_held_back(server: SearchServer):
+    """Accepted connections have TCP_NODELAY: without it each reply on a kept-alive connection
+    (a browser's, an MCP client's) waited for the client's delayed ACK, about 40 ms."""
+    import http.client
+    import socket as sockets
+
+    host, port = server.server_address
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    try:
+        for _ in range(2):
+            conn.request("GET", "/health")
+            assert conn.getresponse().read()
+        accepted = [p.transport.get_extra_info("socket") for p in server._uvicorn.server_state.connections]
+        assert accepted and all(s.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_NODELAY) for s in accepted)
+    finally:
+        conn.close()
