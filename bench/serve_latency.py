@@ -1,33 +1,35 @@
-"""Warm latency of `review-search serve`: sequential HTTP queries against an in-process server.
+"""Warm latency of `review-search serve`: sequential HTTP queries from another process, as a client sees them.
 
     python bench/serve_latency.py --index index            # the index's own (real) model
     python bench/serve_latency.py --fake                   # fake encoder, throwaway index of the dev corpus
+    python bench/serve_latency.py --index index --new-connections   # a new TCP connection per query
 
-The server is started once (its start-up time is printed apart), a few
+The server runs as its own process (`review-search serve --port 0`, or the
+tests' fake CLI with --fake), as it does for its users; this process is the
+client. Start-up is timed from launch to the server's "serving" line. A few
 requests warm it up, then each query is timed from sending the request to
-having read the whole response, as a client sees it.
+having read the whole response, on one kept-alive connection (as a browser
+or an MCP client keeps one) unless --new-connections.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlencode
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-# search first, as in `review-search serve`: it sets the thread settings numpy reads on import.
-import search  # noqa: E402, F401
 import numpy as np  # noqa: E402
+
 from search.request import DEFAULT_GROUP, DEFAULT_MODE, Group, Mode  # noqa: E402
 from search.store import live_generation  # noqa: E402
-from search.server import make_server  # noqa: E402
 
 QUERIES = [
     "MoE 라우팅 top-2 expert load balancing",
@@ -53,16 +55,10 @@ QUERIES = [
 ]
 
 
-def fake_index(corpus: Path, folder: Path):
-    """Build an index of `corpus` with the tests' fake encoder; returns the encoder."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from fakes import FakeEncoder
-
-    from search.build import build_index
-
-    encoder = FakeEncoder()
-    build_index([corpus], folder, encoder)
-    return encoder
+def serve_command(index_dir: Path, fake: bool) -> list[str]:
+    """The command that serves `index_dir` on a free port: the real CLI, or the tests' one with the fake encoder."""
+    cli = [sys.executable, str(ROOT / "tests" / "fake_cli.py")] if fake else [sys.executable, "-m", "search"]
+    return cli + ["serve", "--index", str(index_dir), "--port", "0"]
 
 
 def main() -> int:
@@ -74,17 +70,18 @@ def main() -> int:
     ap.add_argument("-k", type=int, default=5)
     ap.add_argument("--mode", default=DEFAULT_MODE.value, choices=[m.value for m in Mode])
     ap.add_argument("--group", default=DEFAULT_GROUP.value, choices=[g.value for g in Group])
+    ap.add_argument("--new-connections", action="store_true", help="open a new TCP connection for every query")
     args = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        encoder = None
         index_dir = args.index
         if args.fake:
             if not args.corpus.exists():
                 print(f"no notes at {args.corpus}; give --corpus", file=sys.stderr)
                 return 2
             index_dir = Path(tmp) / "idx"
-            encoder = fake_index(args.corpus, index_dir)
+            subprocess.run([sys.executable, str(ROOT / "tests" / "fake_cli.py"), "index", str(args.corpus), "--index",
+                            str(index_dir), "--model", "fake/trigram-64"], check=True, capture_output=True)
         elif live_generation(index_dir) is None:
             print(
                 f"no index at {index_dir}; build one with\n"
@@ -95,33 +92,43 @@ def main() -> int:
             return 2
 
         started = time.perf_counter()
-        server = make_server(index_dir, "127.0.0.1", 0, encoder=encoder, log_requests=False)
-        startup = time.perf_counter() - started
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
+        server = subprocess.Popen(serve_command(index_dir, args.fake), cwd=ROOT, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True)
         try:
-            base = f"http://127.0.0.1:{server.server_address[1]}"
-            with urllib.request.urlopen(f"{base}/health") as r:
-                health = r.read().decode("utf-8")
+            line = server.stdout.readline()
+            startup = time.perf_counter() - started
+            host, port = line.rsplit("http://", 1)[1].strip().rsplit(":", 1)
+            connection = http.client.HTTPConnection(host, int(port))
+            connection.request("GET", "/health")
+            health = connection.getresponse().read().decode("utf-8")
 
             def ask(query: str) -> float:
-                url = f"{base}/search?" + urlencode({"q": query, "k": args.k, "mode": args.mode, "group": args.group})
+                nonlocal connection
+                if args.new_connections:
+                    connection.close()
+                    connection = http.client.HTTPConnection(host, int(port))
+                path = "/search?" + urlencode({"q": query, "k": args.k, "mode": args.mode, "group": args.group})
                 t = time.perf_counter()
-                with urllib.request.urlopen(url) as r:
-                    r.read()
+                connection.request("GET", path)
+                response = connection.getresponse()
+                response.read()
+                if response.status != 200:
+                    raise SystemExit(f"HTTP {response.status} for {query!r}")
                 return (time.perf_counter() - t) * 1000
 
             for q in QUERIES[:5]:
                 ask(q)
             ms = np.array([ask(QUERIES[i % len(QUERIES)]) for i in range(args.n)])
+            connection.close()
         finally:
-            server.shutdown()
-            server.server_close()
+            server.terminate()
+            server.wait(timeout=30)
 
     print(f"index   {health}")
-    print(f"startup {startup * 1000:.0f} ms (index and model load)")
+    print(f"startup {startup * 1000:.0f} ms (process start, index and model load)")
     print(
-        f"{args.n} sequential queries, mode={args.mode} group={args.group} k={args.k}: "
+        f"{args.n} sequential queries, mode={args.mode} group={args.group} k={args.k}, "
+        f"{'a new connection each' if args.new_connections else 'one kept-alive connection'}: "
         f"p50 {np.percentile(ms, 50):.1f} ms, p99 {np.percentile(ms, 99):.1f} ms, "
         f"mean {ms.mean():.1f} ms, max {ms.max():.1f} ms"
     )
