@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 from search import late  # noqa: E402
 from search.embedding import E5_PREFIXES, DefaultE5Encoder  # noqa: E402
 from search.evaluate import CUTOFF, LabelledQuery, Report, read_queries, score_query  # noqa: E402
+from search.ranking import RRF_K  # noqa: E402
 from search.store import open_index  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
@@ -38,7 +39,6 @@ SETS = {
     "A": (SHARED / "dev-corpus", [SHARED / "dev-corpus/weeks", ROOT / "seeds"]),
     "B": (SHARED / "dev-corpus-2", [SHARED / "dev-corpus-2/weeks", SHARED / "dev-corpus/weeks", ROOT / "seeds"]),
 }
-RRF_K = 60
 
 
 # ---------------------------------------------------------------- token states, cached
@@ -152,12 +152,11 @@ def load_set(name: str, encoder: DefaultE5Encoder, index_root: Path, cache: Path
 
 def rrf(scores: list[np.ndarray], weights: list[float], mask: list[np.ndarray | None]) -> np.ndarray:
     """Weighted reciprocal rank fusion of full score vectors; rows outside `mask` are not ranked by that side."""
-    fused = np.zeros(len(scores[0]))
-    for s, w, m in zip(scores, weights, mask):
+    orders = []
+    for s, m in zip(scores, mask):
         rows = np.nonzero(m)[0] if m is not None else np.arange(len(s))
-        order = rows[np.lexsort((rows, -s[rows]))]
-        fused[order] += w / (RRF_K + np.arange(1, len(order) + 1))
-    return fused
+        orders.append(rows[np.lexsort((rows, -s[rows]))])
+    return fuse_orders(orders, weights, len(scores[0]))
 
 
 def reviews_ranked(d: SetData, scores: np.ndarray) -> list[tuple[str, str, str]]:

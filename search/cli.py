@@ -225,13 +225,13 @@ def related(
 ) -> None:
     """Other reviews most similar to what was written about the paper TOPIC."""
     from .related import related_reviews
-    from .request import Filters
+    from .request import RelatedRequest
     from .store import open_index
 
     with clean_errors(index_dir):
-        filters = Filters.parse(reviewer, topic_filter, week)
+        request = RelatedRequest.parse(topic, k, group, reviewer, topic_filter, week)
         with open_index(index_dir) as idx:
-            title, entries = related_reviews(idx, topic, k=k, group=group, filters=filters)
+            title, entries = related_reviews(idx, request.paper, k=request.k, group=request.group, filters=request.filters)
     if as_json:
         emit_json({"paper": title, "related": [e.as_dict() for e in entries]})
         return
@@ -388,7 +388,7 @@ def serve(
     watch: bool = WatchOpt,
     token: Optional[str] = typer.Option(None, "--token", help="Access token to require (default: $REVIEW_SEARCH_TOKEN; generated when not on loopback)."),
 ) -> None:
-    """Serve the search page at / and the JSON API (/search, /related, /papers, /passage, /health), keeping the index and model loaded."""
+    """Serve the search page at /, the JSON API (/search, /related, /papers, /passage, /health) and MCP at /mcp, keeping the index and model loaded."""
     from .server import is_loopback, log_to_stderr, make_server, resolve_token
 
     token, generated = resolve_token(host, token)

@@ -4,7 +4,7 @@ Five tools, declared with the official SDK (`mcp` 2.x, `MCPServer`): their
 docstrings and typed parameters are what an assistant reads as descriptions and
 JSON schemas, and their pydantic results are published as output schemas.
 
-    search(query, k, mode, reviewer, paper, weeks)   the passages closest to a query
+    search(query, k, mode, reviewer, paper, weeks, section)   the passages closest to a query
     related(paper, k)                                 reviews most similar to a reviewed paper's
     get_review(file, line)                            the whole review behind a citation
     list_papers()                                     every reviewed paper, its presenter and reviewers
@@ -36,7 +36,7 @@ from .errors import ReviewSearchError
 from .ranking import Hit
 from .request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, SearchRequest
 from .service import SearchService
-from .store import StoredPassage
+from .store import StoredPassage, review_dict
 
 INSTRUCTIONS = (
     "Semantic search over a study group's weekly paper-review notes (mostly Korean, with English terms). "
@@ -182,14 +182,8 @@ def build_server(service: SearchService) -> MCPServer:
     ) -> Review:
         """The whole review that contains a cited line, with its paper, presenter, reviewer and week."""
         def run() -> Review:
-            passages = service.review(file, line)
-            first, last = passages[0], passages[-1]
-            return Review(
-                **{**_citation(first), "end_line": last.end_line},
-                review_no=first.review_no,
-                text="\n\n".join(p.text for p in passages),
-                passages=[ReviewPassage(line=p.line, end_line=p.end_line, text=p.text) for p in passages],
-            )
+            review = review_dict(service.review(file, line))
+            return Review(**review, cite=f"{review['path']}:{review['line']}", paper=review["topic"])
 
         return answer(run)
 

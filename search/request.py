@@ -133,6 +133,13 @@ def _number(value: Any, name: str, cast: type, default: Any) -> Any:
         raise BadRequest(f"{name} takes {kind}, not {value!r}") from None
 
 
+def _k(value: Any) -> int:
+    k = _number(value, "k", int, DEFAULT_K)
+    if not 1 <= k <= MAX_K:
+        raise BadRequest(f"k takes a whole number from 1 to {MAX_K}, not {k}")
+    return k
+
+
 @dataclass(frozen=True)
 class SearchRequest:
     """One search: the query, how many results, how to rank and group them, and what to filter."""
@@ -166,18 +173,34 @@ class SearchRequest:
         if not text:
             raise BadRequest("the query is empty; give some words to search for")
         truncated = len(text) > MAX_QUERY_CHARS
-        k = _number(k, "k", int, DEFAULT_K)
-        if not 1 <= k <= MAX_K:
-            raise BadRequest(f"k takes a whole number from 1 to {MAX_K}, not {k}")
         floor = _number(min_score, "min_score", float, None)
         if floor is not None and not -1.0 <= floor <= 1.0:
             raise BadRequest(f"min_score is a cosine similarity from -1 to 1, not {floor}")
         return cls(
             query=text[:MAX_QUERY_CHARS],
-            k=k,
+            k=_k(k),
             mode=_choice(Mode, mode, "mode", DEFAULT_MODE),
             group=_choice(Group, group, "group", DEFAULT_GROUP),
             filters=Filters.parse(reviewer, topic, week, section),
             min_score=floor,
             truncated=truncated,
         )
+
+
+@dataclass(frozen=True)
+class RelatedRequest:
+    """One `related` lookup: the paper named, how many entries, one per review or per paper, and what to filter."""
+
+    paper: str
+    k: int = DEFAULT_K
+    group: RelatedGroup = RelatedGroup.REVIEW
+    filters: Filters = field(default_factory=Filters)
+
+    @classmethod
+    def parse(cls, paper: Any, k: Any = None, group: Any = None, reviewer: Any = None, topic: Any = None,
+              week: Any = None) -> "RelatedRequest":
+        """A validated lookup from raw values, as `SearchRequest.parse`; raises BadRequest naming the field."""
+        text = "" if paper is None else str(paper).strip()
+        if not text:
+            raise BadRequest("the paper is empty; give a paper's title, part of it or its acronym")
+        return cls(text, _k(k), _choice(RelatedGroup, group, "group", RelatedGroup.REVIEW), Filters.parse(reviewer, topic, week))

@@ -57,8 +57,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from .embedding import Encoder
 from .errors import BadRequest, ReviewSearchError
 from .mcp_server import mcp_asgi
-from .request import MAX_K, Filters, RelatedGroup, SearchRequest
+from .request import RelatedRequest, SearchRequest
 from .service import SearchService
+from .store import review_dict
 
 if TYPE_CHECKING:
     from .web import Pages
@@ -231,38 +232,10 @@ def parse_search(params: dict[str, str]) -> SearchRequest:
     )
 
 
-def _whole(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
-    if value is None or not value.strip():
-        return default
-    v = value.strip()
-    if not (v.isascii() and v.isdigit() and len(v) <= 12 and lo <= int(v) <= hi):
-        raise BadRequest(f"{name} takes a whole number from {lo} to {hi}, not {value!r}")
-    return int(v)
-
-
-@dataclass(frozen=True)
-class RelatedQuery:
-    """A validated /related request."""
-
-    paper: str
-    k: int
-    group: RelatedGroup
-    filters: Filters
-
-    @classmethod
-    def parse(cls, params: dict[str, str]) -> "RelatedQuery":
-        paper = (params.get("paper") or "").strip()
-        if not paper:
-            raise BadRequest("paper is empty; give a paper's title, part of it or its acronym")
-        group = (params.get("group") or "").strip().lower() or RelatedGroup.REVIEW.value
-        if group not in {g.value for g in RelatedGroup}:
-            raise BadRequest(f"group takes one of {', '.join(g.value for g in RelatedGroup)}, not {group!r}")
-        return cls(
-            paper=paper,
-            k=_whole(params.get("k"), "k", 5, 1, MAX_K),
-            group=RelatedGroup(group),
-            filters=Filters.parse(params.get("reviewer"), params.get("topic"), params.get("week")),
-        )
+def parse_related(params: dict[str, str]) -> RelatedRequest:
+    """The lookup of a /related request (and its page); raises BadRequest."""
+    return RelatedRequest.parse(params.get("paper"), params.get("k"), params.get("group"), params.get("reviewer"),
+                                params.get("topic"), params.get("week"))
 
 
 def parse_passage(params: dict[str, str]) -> tuple[str, int]:
@@ -270,19 +243,10 @@ def parse_passage(params: dict[str, str]) -> tuple[str, int]:
     file = (params.get("file") or "").strip()
     if not file:
         raise BadRequest("file is empty; give the file (or path) and line a hit shows")
-    return file, _whole(params.get("line"), "line", 1, 1, MAX_LINE)
-
-
-def review_dict(passages: list) -> dict:
-    """A whole review as JSON: its metadata, its text and its passages with their lines."""
-    first, last = passages[0], passages[-1]
-    return {
-        "file": first.file, "path": first.path, "line": first.line, "end_line": last.end_line,
-        "week": first.week, "topic_no": first.topic_no, "topic": first.topic, "presenter": first.presenter,
-        "review_no": first.review_no, "reviewer": first.reviewer,
-        "text": "\n\n".join(p.text for p in passages),
-        "passages": [{"line": p.line, "end_line": p.end_line, "text": p.text} for p in passages],
-    }
+    line = (params.get("line") or "").strip() or "1"
+    if not (line.isascii() and line.isdigit() and len(line) <= 12 and 1 <= int(line) <= MAX_LINE):
+        raise BadRequest(f"line takes a whole number from 1 to {MAX_LINE}, not {params.get('line')!r}")
+    return file, int(line)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -331,7 +295,7 @@ def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
         return _json(200, await call(service.contents))
 
     async def related(request: Request) -> Response:
-        q = RelatedQuery.parse(query_params(request, RELATED_PARAMS))
+        q = parse_related(query_params(request, RELATED_PARAMS))
         if wants_html(request):
             return await pages.related(request, q)
         title, entries = await call(service.related, q.paper, q.k, q.group, q.filters)
@@ -352,14 +316,8 @@ def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
     ]
 
 
-def create_app(
-    service: SearchService, *, loopback: bool = True, token: str | None = None, mcp: Any | None = None
-) -> ASGIApp:
-    """The whole server as one ASGI app: page, API, static files and `mcp`, all behind `Guard`.
-
-    `mcp` is what `search.mcp_server.mcp_asgi(service)` returns (an ASGI app and
-    the lifespan its session manager needs), or None to serve no /mcp.
-    """
+def create_app(service: SearchService, *, host: str, token: str | None) -> ASGIApp:
+    """The whole server as one ASGI app for `host`: page, API, static files and /mcp, all behind `Guard`."""
     from .web import Pages  # here, because search.web builds on this module
 
     pages = Pages(service)
@@ -372,14 +330,12 @@ def create_app(
             return pages.error(request, exc.status_code, message)
         return _json(exc.status_code, {"error": message}, getattr(exc, "headers", None))
 
-    routes = [*pages.routes(), *api_routes(service, pages)]
-    lifespan = None
-    # ---- /mcp: MCP's streamable HTTP (search/mcp_server.py), behind the same Guard as the rest. ----
-    if mcp is not None:
-        routes.append(Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"]))
-        lifespan = lambda app: mcp.lifespan()  # noqa: E731  (the session manager runs for the app's life)
-    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
-    return Guard(app, loopback=loopback, token=token)
+    # /mcp: MCP's streamable HTTP (search/mcp_server.py), behind the same Guard as the rest;
+    # its session manager runs for the app's life.
+    mcp = mcp_asgi(service, host=host)
+    routes = [*pages.routes(), *api_routes(service, pages), Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"])]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lambda app: mcp.lifespan())
+    return Guard(app, loopback=is_loopback(host), token=token)
 
 
 def log_to_stderr() -> None:
@@ -472,7 +428,7 @@ class SearchServer:
             self.socket.close()
             raise
         protocol = type("Protocol", (_Protocol,), {"header_timeout": header_timeout})
-        self.app = create_app(self.service, loopback=is_loopback(host), token=token, mcp=mcp_asgi(self.service, host=host))
+        self.app = create_app(self.service, host=host, token=token)
         config = uvicorn.Config(
             self.app, http=protocol, lifespan="auto", log_config=None, access_log=log_requests,
             timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONCURRENCY,

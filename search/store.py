@@ -459,6 +459,18 @@ def holds_an_index(index_dir: Path | str) -> bool:
     )
 
 
+def review_dict(passages: list[StoredPassage]) -> dict:
+    """A whole review (`Index.review_at`) as JSON: its metadata, its text and its passages with their lines."""
+    first, last = passages[0], passages[-1]
+    return {
+        "file": first.file, "path": first.path, "line": first.line, "end_line": last.end_line,
+        "week": first.week, "topic_no": first.topic_no, "topic": first.topic, "presenter": first.presenter,
+        "review_no": first.review_no, "reviewer": first.reviewer,
+        "text": "\n\n".join(p.text for p in passages),
+        "passages": [{"line": p.line, "end_line": p.end_line, "text": p.text} for p in passages],
+    }
+
+
 def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
     """Load the live index from `index_dir`, or raise an IndexUnavailable error that says what is wrong.
 

@@ -23,8 +23,10 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..errors import ReviewSearchError
-from ..server import SEARCH_PARAMS, RelatedQuery, answer, parse_search, query_params, review_dict
+from ..request import RelatedRequest
+from ..server import SEARCH_PARAMS, answer, parse_search, query_params
 from ..service import SearchService
+from ..store import review_dict
 
 HERE = Path(__file__).parent
 PAGE_K = "10"  # results on the page unless the URL says otherwise
@@ -99,11 +101,10 @@ class Pages:
         return self._render(request, "search.html", status, **context)
 
     async def papers(self, request: Request) -> Response:
-        papers = await run_in_threadpool(self.service.papers)
-        status = await run_in_threadpool(self.service.status)
-        return self._render(request, "papers.html", papers=papers, status=status)
+        contents = await run_in_threadpool(self.service.contents)
+        return self._render(request, "papers.html", papers=contents["papers"], status=contents)
 
-    async def related(self, request: Request, q: RelatedQuery) -> Response:
+    async def related(self, request: Request, q: RelatedRequest) -> Response:
         title, entries = await run_in_threadpool(self.service.related, q.paper, q.k, q.group, q.filters)
         return self._render(request, "related.html", title=title, entries=entries, group=q.group.value, k=q.k)
 
