@@ -210,14 +210,16 @@ def _reusable_tokens(
 ) -> tuple[TokenStore | None, dict[str, int]]:
     """The previous token store and the row of each passage key in it, when its vectors may be reused too."""
     old = writer.previous
-    if not reusable or any(name.startswith(TOKENS + "/") for name in writer.previous_damaged):
+    if not reusable:
         return None, {}
     try:
+        if damaged := [n for n in writer.previous_damaged if n.startswith(TOKENS + "/")]:
+            raise old.damaged(f"{old.folder / damaged[0]} does not match its checksum")
         store = old.tokens
     except IndexDamaged as e:
         problems.append(Problem(str(old.folder / TOKENS), None, f"token states unusable, embedding them again ({e})"))
         return None, {}
-    return (store, {p.key: p.row for p in passages if p.key in reusable}) if store is not None else (None, {})
+    return store, {p.key: p.row for p in passages if p.key in reusable}
 
 
 def _vectors(records: list[StoredPassage], reusable: dict[str, np.ndarray], dim: int) -> tuple[np.ndarray, list[int]]:

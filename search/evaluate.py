@@ -106,7 +106,7 @@ def evaluate(searcher: Searcher, queries: list[LabelledQuery], mode: Mode = DEFA
     """Rank reviews for every query with `mode` and score them against the labels."""
     report = Report(Mode(mode).value)
     for q in queries:
-        hits = searcher.search(SearchRequest(q.query, k=CUTOFF, mode=Mode(mode), group=Group.REVIEW)).hits
+        hits = searcher.search(SearchRequest.parse(q.query, k=CUTOFF, mode=mode, group=Group.REVIEW)).hits
         ranked = [(h.passage.file, h.passage.topic, h.passage.reviewer) for h in hits]
         report.results.append(score_query(q, ranked, hits[0].score if hits else None))
     return report

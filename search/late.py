@@ -135,6 +135,11 @@ class TokenCodec:
     def dim(self) -> int:
         return len(self.basis)
 
+    @property
+    def code_width(self) -> int:
+        """Bytes a token's codes take: one a coordinate, or two coordinates a byte for 4 bits."""
+        return (self.dim + 1) // 2 if self.bits == 4 else self.dim
+
     def encode(self, states: np.ndarray) -> Encoded:
         """Compress unit token rows (n, d_model)."""
         z = (unit_rows(states) - self.mean) @ self.basis.T
@@ -149,52 +154,41 @@ class TokenCodec:
             q = (u[:, 0::2] | (u[:, 1::2] << 4)).astype(np.uint8)
         return Encoded(q, scale)
 
-    def coordinates(self, enc: Encoded) -> np.ndarray:
-        """The (n, dim) projected coordinates the codes stand for."""
-        q = enc.codes
-        if self.bits == 4:
-            q = np.empty((len(q), q.shape[1] * 2), np.int8)
-            q[:, 0::2] = (enc.codes & 0x0F).astype(np.int8) - 8
-            q[:, 1::2] = (enc.codes >> 4).astype(np.int8) - 8
-            q = q[:, : self.dim]
-        return q.astype(np.float32) * enc.scales.astype(np.float32)[:, None]
+    def decode(self, enc: Encoded, unit: bool = True) -> np.ndarray:
+        """The token rows (n, d_model) `enc` stands for: unit length, or as decoded when not `unit`."""
+        rows = (self._planes(enc) * enc.scales.astype(np.float32)[:, None]) @ self._plane_columns(self.basis.T).T + self.mean
+        return unit_rows(rows) if unit else rows
 
-    def decode(self, enc: Encoded) -> np.ndarray:
-        """Unit token rows (n, d_model) approximating what was encoded."""
-        return unit_rows(self.coordinates(enc) @ self.basis + self.mean)
-
-    def cosines(self, query: np.ndarray, enc: Encoded, lengths: np.ndarray | None = None) -> np.ndarray:
-        """(m, n) cosines of query unit rows with the tokens `enc` decodes to, without decoding them.
+    def cosines(self, query: np.ndarray, enc: Encoded, lengths: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(m, n) cosines of query unit rows with the tokens `enc` decodes to, without decoding them, and their lengths.
 
         A decoded token is mean + basisᵀ(s·c) for its codes c and scale s, so
         its dot product with a query row q is q·mean + s (basis·q)·c: products
-        with the codes as small integers. `lengths` are the tokens' decoded
-        lengths (`lengths(enc)`), when the caller has them already.
+        with the codes as small integers. The basis rows are orthonormal, so
+        its squared length is |mean|² + 2s c·(basis·mean) + s²|c|². `lengths`
+        are those lengths when the caller kept them from an earlier call;
+        otherwise they are worked out from the same unpacked codes.
         """
+        n = len(enc.codes)
         qb = np.ascontiguousarray(self._plane_columns(query @ self.basis.T).T)
-        lengths = self.lengths(enc) if lengths is None else lengths
-        out = np.empty((len(query), len(enc.codes)), np.float32)
+        bm = self._plane_columns(self.basis @ self.mean)
+        s = enc.scales.astype(np.float32)
+        out = np.empty((len(query), n), np.float32)
+        squared = None if lengths is not None else np.empty(n, np.float32)
         # In slices: the integer planes of 40,000 tokens would be 40 MB of float32, and
         # allocating and faulting in that much took longer than the product (README, "Performance").
-        for a in range(0, len(enc.codes), SCORE_SLICE):
-            b = min(a + SCORE_SLICE, len(enc.codes))
-            out[:, a:b] = (self._planes(Encoded(enc.codes[a:b], enc.scales[a:b])) @ qb).T
-        out *= enc.scales.astype(np.float32)
+        for a in range(0, n, SCORE_SLICE):
+            b = min(a + SCORE_SLICE, n)
+            planes = self._planes(Encoded(enc.codes[a:b], enc.scales[a:b]))
+            out[:, a:b] = (planes @ qb).T
+            if squared is not None:
+                squared[a:b] = 2 * s[a:b] * (planes @ bm) + s[a:b] ** 2 * np.einsum("ij,ij->i", planes, planes)
+        if squared is not None:
+            lengths = np.sqrt(np.maximum(self.mean @ self.mean + squared, 1e-12))
+        out *= s
         out += (query @ self.mean)[:, None]
         out /= lengths
-        return out
-
-    def lengths(self, enc: Encoded) -> np.ndarray:
-        """(n,) lengths of the tokens `enc` decodes to, before they are scaled to unit length.
-
-        The basis rows are orthonormal, so |mean + basisᵀ(s·c)|² is
-        |mean|² + 2s c·(basis·mean) + s²|c|².
-        """
-        planes = self._planes(enc)
-        s = enc.scales.astype(np.float32)
-        bc = planes @ self._plane_columns(self.basis @ self.mean)
-        cc = np.einsum("ij,ij->i", planes, planes)
-        return np.sqrt(np.maximum(self.mean @ self.mean + 2 * s * bc + s * s * cc, 1e-12))
+        return out, lengths
 
     def _planes(self, enc: Encoded) -> np.ndarray:
         """The codes as float32 integers c, in the column order `_plane_columns` puts coordinates in."""
@@ -243,28 +237,27 @@ class TokenStore:
         self.codes, self.scales, self.offsets = codes, scales, offsets
         self._lengths: np.ndarray | None = None  # decoded token lengths, NaN until first needed
 
-    def codes_of(self, rows: list[int]) -> tuple[Encoded, np.ndarray]:
-        """The tokens of `rows`, in order: their codes, and their decoded lengths.
+    def cosines(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
+        """(m, n) cosines of query unit rows with the tokens of `rows`, in order (`TokenCodec.cosines`).
 
-        The lengths depend on the stored codes only, so they are worked out once
-        per token and kept: a server scoring the same tokens query after query
-        skips that part of the work.
+        A token's decoded length depends on its codes only, so it is worked out
+        the first time the token is scored and kept: a server scoring the same
+        tokens query after query skips that part of the work.
         """
         tokens = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if rows else np.zeros(0, np.int64)
         enc = Encoded(np.asarray(self.codes[tokens]), np.asarray(self.scales[tokens]))
         if self._lengths is None:
             self._lengths = np.full(self.total_tokens, np.nan, np.float32)
-        lengths = self._lengths[tokens]
-        if np.isnan(lengths).any():
-            lengths = self.codec.lengths(enc)
-            self._lengths[tokens] = lengths
-        return enc, lengths
+        kept = self._lengths[tokens]
+        sims, lengths = self.codec.cosines(query, enc, None if np.isnan(kept).any() else kept)
+        self._lengths[tokens] = lengths
+        return sims
 
     @classmethod
     def from_encoded(cls, codec: TokenCodec, fitted_tokens: int, encoded: list[Encoded]) -> "TokenStore":
         """A store of `encoded` passages, row i = encoded[i]."""
-        width = codec.dim if codec.bits == 8 else (codec.dim + 1) // 2
-        dtype = np.int8 if codec.bits == 8 else np.uint8
+        width = codec.code_width
+        dtype = np.uint8 if codec.bits == 4 else np.int8
         offsets = np.zeros(len(encoded) + 1, np.int64)
         offsets[1:] = np.cumsum([len(e.scales) for e in encoded])
         codes = np.vstack([e.codes for e in encoded]) if encoded else np.zeros((0, width), dtype)
@@ -312,8 +305,11 @@ class TokenStore:
         arrays = {n: np.load(folder / n, allow_pickle=False, mmap_mode="r") for n in (CODES, SCALES, OFFSETS)}
         codec = TokenCodec(np.load(folder / MEAN, allow_pickle=False), np.load(folder / BASIS, allow_pickle=False), int(info["bits"]))
         offsets = np.asarray(arrays[OFFSETS])
-        if (len(codec.basis) != info["dim"] or offsets[-1] != len(arrays[CODES]) or len(arrays[SCALES]) != len(arrays[CODES])
-                or np.any(np.diff(offsets) < 0)):
+        codes = arrays[CODES]
+        # Every passage keeps at least one token (keep_mask), so an empty span is damage.
+        if (len(codec.basis) != info["dim"] or codes.ndim != 2 or codes.shape[1] != codec.code_width
+                or offsets[0] != 0 or offsets[-1] != len(codes) or len(arrays[SCALES]) != len(codes)
+                or np.any(np.diff(offsets) <= 0)):
             raise ValueError("token arrays disagree in length")
         return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets)
 
@@ -342,11 +338,8 @@ def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int
     if not rows or not len(query):
         zero = {r: 0.0 for r in rows}
         return LateScores(dict(zero), dict(zero), dict(zero))
-    enc, lengths = store.codes_of(rows)
-    sims = store.codec.cosines(query, enc, lengths)
+    sims = store.cosines(query, rows)
     counts = np.diff(store.offsets)[rows]
-    if np.any(counts == 0):  # keep_mask never stores an empty passage; a damaged store could
-        raise ValueError("a passage without tokens")
 
     def starts(sizes) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(sizes)[:-1]])

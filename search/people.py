@@ -20,9 +20,6 @@ from dataclasses import dataclass, field, replace
 from .ranking import Hit, Searcher
 from .request import DEPTH, Filters, Group, Mode, SearchRequest
 
-# Reviews taken as evidence. On the dev corpora (70 reviews) a one-subject query
-# has 5-10 reviews on it; below rank ~10 the ranking lists other subjects, and
-# crediting them (their presenters above all) let noise outrank real authors.
 TOP_ITEMS = 3  # items summed per person
 
 
@@ -77,14 +74,13 @@ def who(
     request = replace(request, filters=filters)
     hits = searcher.search(request).hits
     items: dict[str, list[Evidence]] = {}
-    presented: set[tuple[str, str, int]] = set()
+    presented: set[tuple[str, int]] = set()
     for rank, hit in enumerate(hits, start=1):
         p = hit.passage
         if p.reviewer:
             items.setdefault(p.reviewer, []).append(Evidence(hit, rank, presented=False))
-        paper = (p.presenter, p.path, p.topic_no)
-        if p.presenter and paper not in presented:
-            presented.add(paper)
+        if p.presenter and p.paper_key not in presented:
+            presented.add(p.paper_key)
             items.setdefault(p.presenter, []).append(Evidence(hit, rank, presented=True))
     people = [
         Person(name, sum(e.gain for e in evidence[:TOP_ITEMS]), evidence)  # evidence is in rank order

@@ -63,6 +63,15 @@ class SearchResult:
     terms: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """What the model gave for a query: its vector and its MaxSim token rows, where the search needs them."""
+
+    query: str
+    vector: np.ndarray | None = None
+    tokens: np.ndarray | None = None
+
+
 class Searcher:
     """Answers queries against one loaded index; keeps the model and index in memory between queries."""
 
@@ -118,7 +127,7 @@ class Searcher:
         """Paper-, review- and passage-level MaxSim of the query's `tokens` for the given rows (see late.late_scores)."""
         if not len(rows):
             return late.LateScores({}, {}, {})
-        return late.late_scores(tokens, self.index.token_store(), self.index.paper_groups(rows))
+        return late.late_scores(tokens, self.index.tokens, self.index.paper_groups(rows))
 
     def _scores_every_row(self) -> bool:
         """Whether MaxSim scores every row (small indexes) rather than a pool from the dense and BM25 rankings."""
@@ -131,39 +140,44 @@ class Searcher:
         fused = rrf([dense, lexical])
         return np.array(sorted(sorted(fused, key=lambda r: (-fused[r], r))[:LATE_POOL]), dtype=np.int64)
 
-    def query_embedding(self, request: SearchRequest) -> str | None:
-        """The encoder method `search(request)` calls on the query, if any (a server runs it off its index thread).
+    def _needs(self, request: SearchRequest) -> tuple[bool, bool]:
+        """Whether `search(request)` needs the query's vector, and its MaxSim token rows.
 
-        Late ranking needs a query vector too on large indexes (for the dense
+        Late ranking needs a vector too on large indexes (for the dense
         candidates) and with `min_score`; it then takes both from one pass.
         """
-        if request.mode == Mode.LATE:
-            needs_vector = request.min_score is not None or not self._scores_every_row()
-            return "embed_query_and_tokens" if needs_vector else "embed_query_tokens"
-        if request.mode in (Mode.DENSE, Mode.HYBRID) or request.min_score is not None:
-            return "embed_query"
-        return None
+        late_mode = request.mode == Mode.LATE
+        vector = request.min_score is not None or request.mode in (Mode.DENSE, Mode.HYBRID) or (
+            late_mode and not self._scores_every_row())
+        return vector, late_mode
 
-    def _embed(self, request: SearchRequest) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """The query's vector and MaxSim token rows, each None when `request` does not need it."""
-        method = self.query_embedding(request)
-        out = getattr(self.encoder, method)(request.query) if method else None
-        if method == "embed_query_and_tokens":
-            return out
-        return (out, None) if method == "embed_query" else (None, out)
+    def embed(self, request: SearchRequest) -> Embedded:
+        """Run the model on the query for what `search(request)` needs (a server does it off its index thread)."""
+        vector, tokens = self._needs(request)
+        if vector and tokens:
+            return Embedded(request.query, *self.encoder.embed_query_and_tokens(request.query))
+        if tokens:
+            return Embedded(request.query, tokens=self.encoder.embed_query_tokens(request.query))
+        return Embedded(request.query, vector=self.encoder.embed_query(request.query) if vector else None)
 
-    def search(self, request: SearchRequest) -> SearchResult:
+    def search(self, request: SearchRequest, embedded: Embedded | None = None) -> SearchResult:
         """The top `request.k` passages (or reviews) for the request's query, best first.
 
-        `min_score` drops hits whose cosine similarity to the query is below it
-        (in lexical mode too, which then also embeds the query).
+        `embedded` is `embed(request)` done beforehand by this searcher's model;
+        it is embedded again when it lacks what this index needs. `min_score`
+        drops hits whose cosine similarity to the query is below it (in lexical
+        mode too, which then also embeds the query).
         """
         query, k, mode = request.query, request.k, request.mode
         allowed = self._allowed_rows(request.filters)
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, k * 50)
         terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
-        vector, tokens = self._embed(request)
+        need_vector, need_tokens = self._needs(request)
+        if (embedded is None or embedded.query != query or (need_vector and embedded.vector is None)
+                or (need_tokens and embedded.tokens is None)):
+            embedded = self.embed(request)
+        vector, tokens = embedded.vector, embedded.tokens
         dense = self.dense_scores(vector, allowed, limit) if vector is not None else {}
         lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
         review_ms: dict[int, float] = {}

@@ -100,7 +100,7 @@ def related_reviews(
         # Show the passage closest to the paper as the review's excerpt.
         best = max(ps, key=lambda p: float(vectors[p.row] @ paper))
         if group == RelatedGroup.PAPER:
-            pkey = (best.path, best.topic_no)
+            pkey = best.paper_key
             if pkey in papers:
                 i = papers[pkey]
                 entries[i] = Related(entries[i].hit, entries[i].reviewers + (best.reviewer,))

@@ -154,10 +154,10 @@ class SeenResult:
 
 
 def topics(passages: list[StoredPassage]) -> list[Topic]:
-    """The index's passages gathered into topics, in the order they first appear."""
+    """The index's passages gathered into topics, in week, file and topic order."""
     by_topic: dict[tuple[str, int], list[StoredPassage]] = {}
     for p in passages:
-        by_topic.setdefault((p.path, p.topic_no), []).append(p)
+        by_topic.setdefault(p.paper_key, []).append(p)
     out = []
     for ps in by_topic.values():
         first: dict[int, StoredPassage] = {}
@@ -192,16 +192,16 @@ def _title_vector(encoder: Encoder, title: str) -> np.ndarray:
 
 
 def _by_identifier(identifier: str, passages: list[StoredPassage], all_topics: list[Topic]) -> tuple[list[Match], list[Mention]]:
-    key = {(t.path, t.topic_no): t for t in all_topics}
+    key = {(t.path, t.topic_no): t for t in all_topics}  # a passage's paper_key
     own: dict[tuple, Topic] = {}
     mentions: list[Mention] = []
     for p in passages:
-        topic = key[(p.path, p.topic_no)]
+        topic = key[p.paper_key]
         if identifier in find_identifiers(p.topic):
-            own[(p.path, p.topic_no)] = topic
+            own[p.paper_key] = topic
         # The first line of a review is where the paper's own link goes.
         elif p.passage_no == 1 and identifier in find_identifiers(p.text.split("\n", 1)[0]):
-            own[(p.path, p.topic_no)] = topic
+            own[p.paper_key] = topic
         elif identifier in find_identifiers(p.text):
             mentions.append(Mention(topic, p.reviewer, p.path, p.file, p.line))
     how = identifier.split(":", 1)[0]

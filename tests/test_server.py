@@ -23,6 +23,7 @@ from search.cli import app
 from search.errors import NoIndex
 from search.ranking import Searcher
 from search.request import DEFAULT_MODE, Filters, SearchRequest
+from search.service import SearchService
 from search.server import (
     TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token,
 )
@@ -456,9 +457,9 @@ def test_huge_headers_are_refused(server):
 def test_a_client_hanging_up_logs_no_traceback(server, monkeypatch, caplog):
     real = ranking.Searcher.search
 
-    def slow(self, request):
+    def slow(self, request, *embedded):
         time.sleep(0.3)
-        return real(self, request)
+        return real(self, request, *embedded)
 
     monkeypatch.setattr(ranking.Searcher, "search", slow)
     # `serve` (tested elsewhere) points uvicorn's loggers at stderr; here caplog must see them
@@ -478,9 +479,9 @@ def test_a_slow_search_does_not_hold_up_the_event_loop(server, monkeypatch):
     # so what needs no index work (static files, refusals) answers while a search is running.
     real = ranking.Searcher.search
 
-    def slow(self, request):
+    def slow(self, request, *embedded):
         time.sleep(1.5)
-        return real(self, request)
+        return real(self, request, *embedded)
 
     monkeypatch.setattr(ranking.Searcher, "search", slow)
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -633,3 +634,27 @@ def test_replies_on_a_kept_alive_connection_are_not_held_back(server: SearchServ
         assert accepted and all(s.getsockopt(sockets.IPPROTO_TCP, sockets.TCP_NODELAY) for s in accepted)
     finally:
         conn.close()
+
+
+def test_a_model_that_embeds_one_text_at_a_time_gets_them_one_at_a_time_on_every_path(idx: Path):
+    """Not only /search: `seen`, `who` and --watch builds embed with the service's model too."""
+    running, most = [0], [0]
+
+    class OneAtATime(FakeEncoder):
+        def embed_query(self, text: str):
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            time.sleep(0.05)
+            running[0] -= 1
+            return super().embed_query(text)
+
+    service = SearchService(idx, OneAtATime())
+    try:
+        encoder = service.encoder  # what `seen`, `who` and a --watch build use
+        assert encoder.model_id == FakeEncoder.model_id
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda i: encoder.embed_query(f"text {i}"), range(8)))
+            list(pool.map(lambda i: service.search(SearchRequest.parse(f"LoRA {i}", mode="dense")), range(4)))
+    finally:
+        service.close()
+    assert most[0] == 1

@@ -49,4 +49,7 @@ def test_whole_words_only_and_ties_are_all_returned():
     assert match_titles("lora", TITLES, loose=True) == []  # not QLoRA
     assert [m.title for m in match_titles("retrieval", TITLES, loose=True)] == [TITLES[2], TITLES[4]]
     assert match_titles("whisper", TITLES) == []  # Calm-Whisper is not Whisper
+    # a title inside the query is another paper; a title followed by more words is that paper
+    assert match_titles("Improved Baselines with Visual Instruction Tuning", TITLES + ["Visual Instruction Tuning"]) == []
+    assert [m.how for m in match_titles("Fast Inference from Transformers via Speculative Decoding ICML 2023", TITLES)] == ["prefix"]
     assert match_titles("   ", TITLES, loose=True) == []
