@@ -38,7 +38,7 @@ class Passage:
     end_line: int
     text: str
     embed_text: str
-    section: str = Section.OTHER.value  # what its labels say it is (sections.py); carried over from earlier passages
+    section: str  # what its labels say it is (sections.py)
 
 
 Line = tuple[int, str]  # (1-based line number in the file, stripped text)

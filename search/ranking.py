@@ -27,7 +27,7 @@ CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for
 # MaxSim scores every row of an index up to this size; on a larger one, only this many
 # rows: the head of the dense and BM25 rankings fused. On 1,392 passages that took a
 # warm query from 57 ms to 38 ms; on the labelled sets (186 passages) a pool of 100 rows
-# left nDCG@10 unchanged on both, 60 lost 0.013 on dev-corpus-2 (bench/late_pool.py).
+# left nDCG@10 unchanged on both, 60 lost 0.014 on dev-corpus-2 (bench/late_pool.py).
 LATE_POOL = 400
 RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
 
@@ -37,7 +37,8 @@ class Hit:
     """One result: a passage (the best of its review when grouped) and its scores."""
 
     passage: StoredPassage
-    score: float  # for people: MaxSim of the review (late), else cosine (dense, hybrid), else BM25 (lexical)
+    score: float  # for people: MaxSim of the review (late), else cosine (dense, hybrid), else BM25 (lexical);
+    # the fusion value where a row had none of those (outside the late pool, or past the dense head)
     dense: float | None  # cosine similarity to the query, when computed
     lexical: float | None  # BM25 score, when computed
     passages: int = 1  # passages of the same review that matched, when grouped

@@ -341,9 +341,9 @@ class Index:
     def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """The k rows most similar to `vector` (inner product), limited to `allowed` rows when given.
 
-        With `passages`, `rows_where` and `lexical`, this is all ranking needs from
-        storage: the seam where a remote search engine would plug in (README,
-        "Beyond one machine"). Raises IndexDamaged when a hit's stored vector is
+        With `passages`, `rows_where`, `paper_groups`, `lexical`, `paper_lexical`
+        and `tokens`, this is all ranking needs from storage: the seam where a
+        remote search engine would plug in (README, "Beyond one machine"). Raises IndexDamaged when a hit's stored vector is
         not unit length, which only damage on disk can cause.
         """
         import faiss

@@ -23,7 +23,7 @@ with the ``tokenizers`` library (over 0.5 s: 250k pieces and a giant regex).
   also memory-mapped and used in place, never copied.
 
 onnxruntime over an encoder-only export was measured too: 11 ms per short
-query once loaded (this module: about 25 ms), but importing it and creating
+query once loaded (this module: about 19 ms today), but importing it and creating
 the session cost about 0.35 s of CPU per process, more than a whole query.
 """
 

@@ -1,7 +1,7 @@
 """Keeping an index current: rebuild it when review notes are added, changed or deleted.
 
-`watch_index` builds once, then waits on the note folders with `watchfiles`
-and runs the usual incremental `build_index` after each burst of changes. A
+`watch_index` watches the note folders with `watchfiles` (building once at
+the start, after the watch is set up, so no change falls between) and runs the usual incremental `build_index` after each burst of changes. A
 burst is one build: changes are gathered until the folders have been quiet for
 `quiet_ms` (or `max_wait_ms` has passed), and changes made while a build runs
 are gathered for the next one, not lost. Builds never overlap: the build lock

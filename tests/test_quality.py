@@ -52,7 +52,7 @@ def test_whisper_query_on_the_seed_week(tmp_path: Path, e5_encoder):
 
 # Late interaction (the default mode), on both labelled sets. Measured with
 # `review-search eval QUERIES --index ...` on the indexes the sets' READMEs describe.
-LATE_NDCG = {"dev-corpus": 0.958, "dev-corpus-2": 0.852}  # with late.PAPER_LEXICAL_WEIGHT = 0.25 (0.958, 0.849 without)
+LATE_NDCG = {"dev-corpus": 0.958, "dev-corpus-2": 0.853}  # with late.PAPER_LEXICAL_WEIGHT = 0.25 (0.958, 0.849 without)
 
 
 @pytest.fixture(scope="module")
