@@ -13,6 +13,7 @@ fail their checksum or norm are embedded again instead of being carried on.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -30,6 +31,10 @@ from .late import TokenStore, build_store
 from .store import NORM_TOLERANCE, TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
 
 DEFAULT_ROOTS = ["seeds"]
+# A build that would drop more than this share of the index's passages because
+# folders it covers now hold no notes is refused unless told to: a moved,
+# unmounted or emptied folder should not silently empty the index.
+REMOVE_SHARE = 0.10
 
 
 @dataclass
@@ -45,6 +50,7 @@ class BuildSummary:
     embedded: int
     reused: int
     removed: int
+    dropped: list[str]  # folders the index covered before and no longer does (`replace_roots`)
     kept: int  # passages of files that could not be read this time, carried over
     tokens_embedded: int  # passages whose token states (for MaxSim) were computed rather than reused
     seconds: float
@@ -62,20 +68,29 @@ def passage_key(model_id: str, embed_text: str) -> str:
     return hashlib.sha256(f"{model_id}\0{embed_text}".encode("utf-8")).hexdigest()
 
 
-def build_roots(paths: Sequence[str | Path] | None, index_dir: Path | str) -> list[str]:
-    """The note paths a build covers: those given, else the ones the index was built from, else `seeds/`.
+def build_roots(paths: Sequence[str | Path] | None, index_dir: Path | str, replace_roots: bool = False) -> list[str]:
+    """The note paths a build covers, resolved: the ones the index was built from plus those given
+    (only those given with `replace_roots`), else `seeds/` for a new index.
 
-    An index folder that exists but no longer says what it was built from is
-    never rebuilt from `seeds/` by default: that would shrink it to one week.
+    Naming a folder never makes the index forget the others: that takes
+    `replace_roots`. An index folder that exists but no longer says what it was
+    built from is never rebuilt from `seeds/` by default: that would shrink it
+    to one week.
     """
-    if paths:
-        return [str(p) for p in paths]
-    remembered = read_settings(index_dir).roots
-    if remembered:
-        return remembered
-    if holds_an_index(index_dir):
-        raise BadRequest(f"the index at {index_dir} does not record which notes it was built from; name them")
-    return list(DEFAULT_ROOTS)
+    remembered = [] if replace_roots and paths else (read_settings(index_dir).roots or [])
+    if not paths and not remembered:
+        if holds_an_index(index_dir):
+            raise BadRequest(f"the index at {Path(index_dir).absolute()} does not record which notes it was built from; name them")
+        paths = DEFAULT_ROOTS
+    roots: list[str] = []
+    for p in [*remembered, *(paths or [])]:
+        if (absolute := os.path.realpath(p)) not in roots:
+            roots.append(absolute)
+    return roots
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def build_index(
@@ -83,24 +98,37 @@ def build_index(
     index_dir: Path | str,
     encoder: Encoder,
     full: bool = False,
+    replace_roots: bool = False,
+    allow_remove: bool = False,
     on_start: Callable[[int], None] | None = None,
     progress: Progress | None = None,
 ) -> BuildSummary:
     """Index the review files under `paths` (see `build_roots`) into `index_dir`, reusing vectors unless `full`.
 
+    With `replace_roots` the index covers `paths` only, and passages of the folders
+    it no longer covers are removed. A build that would remove more than
+    REMOVE_SHARE of the index's passages because covered folders hold no notes
+    now raises BadRequest with nothing changed, unless `allow_remove`.
     `on_start(n)` is called with the number of passages to embed, `progress(k)`
     as each batch is done. Raises IndexBusy if another build holds the index,
     DiskError if the disk refuses the new generation (the old one stays live).
     """
     started = time.perf_counter()
     index_dir = Path(index_dir)
-    roots = build_roots(paths, index_dir)
+    remembered = read_settings(index_dir).roots or []
+    roots = build_roots(paths, index_dir, replace_roots)
+    # Read before taking the lock: a bad path then fails with no trace in the index folder.
+    _check_remembered(roots, remembered)
+    result = read_reviews(roots)
+    problems = list(result.problems)
+    if not result.files:
+        problems.append(Problem(", ".join(roots), None, "no .md notes found here"))
     with Writer(index_dir) as writer:
-        result = read_reviews(roots)
-        problems = list(result.problems)
         if writer.previous_problem:
             problems.append(Problem(str(index_dir), None, writer.previous_problem))
         old = _old_passages(writer.previous, problems)
+        dropped = [r for r in remembered if r not in roots]
+        _check_removal(old, result, roots, paths, allow_remove)
         passages = [p for review in result.reviews for p in chunk_review(review, encoder.count_tokens)]
         records = _records(passages, encoder.model_id, old)
         kept = _kept(old, result, encoder.model_id, problems)
@@ -128,7 +156,7 @@ def build_index(
         papers: dict[tuple, int] = {}
         lexical = LexicalIndex.build(terms)
         paper_lexical = LexicalIndex.build(terms, [papers.setdefault(r.paper_key, len(papers)) for r in records])
-        manifest = writer.write(encoder.model_id, encoder.dim, [str(Path(r).resolve()) for r in roots], records,
+        manifest = writer.write(encoder.model_id, encoder.dim, roots, records,
                                 vectors, lexical, paper_lexical, tokens)
         writer.commit()
     # A passage is gone when its file no longer has that text (copies elsewhere don't count).
@@ -143,12 +171,42 @@ def build_index(
         embedded=len(todo),
         reused=len(records) - len(todo),
         removed=sum(1 for p in old if (p.path, p.embed_text) not in now),
+        dropped=dropped,
         kept=len(kept),
         tokens_embedded=tokens_embedded,
         seconds=round(time.perf_counter() - started, 2),
         embed_seconds=round(embed_seconds, 2),
         problems=problems,
     )
+
+
+def _check_remembered(roots: list[str], remembered: list[str]) -> None:
+    """A remembered folder that vanished is an error that says how to stop covering it, not a silent
+    removal of its passages."""
+    for r in roots:
+        if r in remembered and not os.path.lexists(r):
+            raise BadRequest(f"{r}: no such file or folder; the index covers it: pass the folders to keep with --replace "
+                             "to stop covering it")
+
+
+def _check_removal(
+    old: list[StoredPassage], result: ReadResult, roots: list[str], named: Sequence[str | Path] | None, allow_remove: bool
+) -> None:
+    """Refuse (BadRequest) a build whose covered folders lost their notes wholesale, or that names a
+    folder holding none, before anything is written."""
+    if allow_remove or not old:
+        return
+    present = [*result.files, *result.skipped, *result.unreadable_dirs]  # unreadable notes keep their passages
+    found = {r: sum(1 for f in present if _under(f, r)) for r in roots}
+    if named and (empty := [r for r in map(os.path.realpath, named) if not found[r]]):
+        raise BadRequest(f"{empty[0]} holds no .md notes; nothing changed (pass --allow-remove to build anyway)")
+    emptied = [r for r in roots if not found[r] and any(_under(p.path, r) for p in old)]
+    gone = [p for p in old if any(_under(p.path, r) for r in emptied) and not result.unreadable(p.path)]
+    if len(gone) > REMOVE_SHARE * len(old):
+        raise BadRequest(
+            f"{emptied[0]} holds no notes now: this build would remove {len(gone)} of the index's {len(old)} passages; "
+            "nothing changed (pass --allow-remove to remove them, or --replace with the folders to keep)"
+        )
 
 
 def _old_passages(previous: Index | None, problems: list[Problem]) -> list[StoredPassage]:

@@ -6,6 +6,7 @@ Library errors become one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict
 from enum import Enum
 from contextlib import contextmanager
@@ -29,7 +30,7 @@ DEFAULT_INDEX = Path("index")
 # eval --mode: any ranking mode, or `all` of them side by side (derived from Mode, so it never lags behind)
 EvalMode = Enum("EvalMode", {"ALL": "all", **{m.name: m.value for m in Mode}}, type=str)
 IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder.")
-KOpt = typer.Option(DEFAULT_K, "-k", "--k", min=1, max=MAX_K, help="How many results.")
+KOpt = typer.Option(DEFAULT_K, "-k", min=1, max=MAX_K, help="How many results.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")
 TopicOpt = typer.Option(None, "--topic", help="Only papers whose title contains this.")
@@ -50,11 +51,11 @@ def fail(message: str, code: int = 1) -> None:
 
 def _advice(e: ReviewSearchError, index_dir: Path | None) -> str:
     """The command that fixes `e`, in this CLI's terms."""
-    where = f" --index {index_dir}" if index_dir is not None else ""
+    where = f" --index {shlex.quote(str(index_dir))}" if index_dir is not None else ""
     if e.hint == "build":
         return f"; build one with `review-search index PATH ...{where}`"
     if e.hint == "rebuild":
-        paths = " ".join(f"'{r}'" for r in e.roots) if e.roots else "PATH ..."
+        paths = " ".join(map(shlex.quote, e.roots)) if e.roots else "PATH ..."
         return f"; rebuild with `review-search index {paths} --full{where}`"
     if e.hint == "wait":
         return "; wait for it to finish and try again"
@@ -91,10 +92,12 @@ def _console(stderr: bool = False):
 
 @app.command()
 def index(
-    paths: Optional[List[Path]] = typer.Argument(None, help="Review files or folders (default: what the index was built from, else seeds/)."),
+    paths: Optional[List[Path]] = typer.Argument(None, help="Review files or folders to add to what the index covers (default: what it was built from, else seeds/)."),
     index_dir: Path = IndexOpt,
     model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model (folder or Hub id); default: the index's model, else multilingual-e5-small offline."),
     full: bool = typer.Option(False, "--full", help="Re-embed everything instead of reusing stored vectors."),
+    replace: bool = typer.Option(False, "--replace", help="Cover only PATHS: forget the other folders the index was built from, and their passages."),
+    allow_remove: bool = typer.Option(False, "--allow-remove", help="Build even when folders the index covers hold no notes now, removing their passages."),
     watch: bool = typer.Option(False, "--watch", help="Keep running: update the index whenever .md files under the paths are added, changed or deleted (Ctrl-C stops)."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -105,10 +108,11 @@ def index(
 
     with clean_errors(index_dir):
         encoder = load_encoder(model or read_settings(index_dir).model_id)
-        roots = build_roots(paths, index_dir)
+        roots = build_roots(paths, index_dir, replace)
     if watch:
-        if full:
-            fail("--full and --watch do not go together: run `index --full` once, then `index --watch`", 2)
+        for flag, on in (("--full", full), ("--replace", replace)):
+            if on:
+                fail(f"{flag} and --watch do not go together: run `index {flag}` once, then `index --watch`", 2)
         _watch_index(index_dir, roots, encoder, as_json)
         return
     with clean_errors(index_dir):
@@ -121,7 +125,7 @@ def index(
         ) as bar:
             task = bar.add_task("embed", total=0)
             summary = build_index(
-                roots, index_dir, encoder, full=full,
+                paths, index_dir, encoder, full=full, replace_roots=replace, allow_remove=allow_remove,
                 on_start=lambda n: bar.update(task, total=n),
                 progress=lambda k: bar.advance(task, k),
             )
@@ -134,6 +138,8 @@ def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = Fals
 
     for problem in summary.problems:
         typer.echo(f"warning: {clean(str(problem), single_line=True)}", err=True)
+    for folder in summary.dropped:
+        typer.echo(f"no longer covered: {clean(folder, single_line=True)}", err=True)
     if as_json:
         emit_json(summary.as_dict())
     else:
@@ -214,7 +220,7 @@ def query(
 
 @app.command()
 def related(
-    topic: str = typer.Argument(..., help="A reviewed paper: its title, part of it, an acronym (DPR) or a near spelling."),
+    paper: str = typer.Argument(..., metavar="PAPER", help="A reviewed paper: its title, part of it, an acronym (DPR) or a near spelling."),
     index_dir: Path = IndexOpt,
     k: int = KOpt,
     group: RelatedGroup = typer.Option(RelatedGroup.REVIEW, "--group", help="review: one entry per review; paper: reviews rolled up."),
@@ -223,13 +229,13 @@ def related(
     week: Optional[str] = WeekOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Other reviews most similar to what was written about the paper TOPIC."""
+    """Other reviews most similar to what was written about PAPER."""
     from .related import related_reviews
     from .request import RelatedRequest
     from .store import open_index
 
     with clean_errors(index_dir):
-        request = RelatedRequest.parse(topic, k, group, reviewer, topic_filter, week)
+        request = RelatedRequest.parse(paper, k, group, reviewer, topic_filter, week)
         with open_index(index_dir) as idx:
             title, entries = related_reviews(idx, request.paper, k=request.k, group=request.group, filters=request.filters)
     if as_json:
@@ -290,7 +296,7 @@ def seen(
 def who(
     text: str = typer.Argument(..., help="The subject, in Korean or English."),
     index_dir: Path = IndexOpt,
-    k: int = typer.Option(DEFAULT_K, "-k", "--k", min=1, max=MAX_K, help="How many people."),
+    k: int = typer.Option(DEFAULT_K, "-k", min=1, max=MAX_K, help="How many people."),
     depth: int = typer.Option(DEPTH, "--depth", min=1, max=MAX_K, help="How many of the best matching reviews count as evidence."),
     mode: Mode = typer.Option(DEFAULT_MODE, "--mode", help="How to rank the reviews."),
     reviewer: Optional[str] = ReviewerOpt,
@@ -430,6 +436,21 @@ def mcp_(index_dir: Path = IndexOpt, watch: bool = WatchOpt) -> None:
         if watcher is not None:
             watcher.stop()
         service.close()
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"review-search {version('review-search')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _version: bool = typer.Option(False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """Semantic search over weekly paper-review notes."""
 
 
 def main() -> None:

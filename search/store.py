@@ -19,6 +19,7 @@ never loses what the index was built from. Nothing is pickled.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -474,7 +475,7 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
     index_dir = Path(index_dir)
     gen = current_generation(index_dir)
     if gen is None:
-        raise NoIndex(f"no index at {index_dir}")
+        raise NoIndex(f"no index at {index_dir.absolute()}")
 
     def damaged(what: str) -> IndexDamaged:
         # Only a failure needs the roots, read leniently from what survives.
@@ -548,12 +549,14 @@ class Writer:
         self.previous_damaged: set[str] = set()
         self.tmp: Path | None = None
         self._lock = None
+        self._created = False  # the folder is ours to remove again if no generation lands in it
 
     def __enter__(self) -> "Writer":
         from filelock import FileLock, Timeout
 
         _check_folder(self.index_dir)
         try:
+            self._created = not self.index_dir.exists()
             self.index_dir.mkdir(parents=True, exist_ok=True)
             self._lock = FileLock(str(self.index_dir / LOCK))
             self._lock.acquire(timeout=0)
@@ -606,6 +609,10 @@ class Writer:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if self._lock is not None:
             self._lock.release()
+        if self._created and not (self.index_dir / CURRENT).exists():
+            (self.index_dir / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.index_dir.rmdir()
 
     def write(
         self, model_id: str, dim: int, roots: list[str], passages: Sequence[StoredPassage], vectors: np.ndarray,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -122,8 +123,8 @@ def test_roots_and_model_are_remembered_even_across_formats(notes: Path, tmp_pat
 
 
 def test_roots_default_to_seeds_only_for_a_new_index_folder(notes: Path, tmp_path: Path, fake_encoder):
-    assert build_roots(None, tmp_path / "new") == ["seeds"]
-    assert build_roots([notes], tmp_path / "new") == [str(notes)]
+    assert build_roots(None, tmp_path / "new") == [os.path.realpath("seeds")]
+    assert build_roots([notes], tmp_path / "new") == [str(notes.resolve())]
     build_index([notes], tmp_path / "idx", fake_encoder)
     assert build_roots(None, tmp_path / "idx") == [str(notes.resolve())]
     # with both the settings and the manifest gone, the folder still is not rebuilt from seeds/
@@ -156,3 +157,84 @@ def test_unchanged_passages_reuse_their_terms_without_kiwi(notes: Path, tmp_path
     assert len(analysed) == 1 and "좋았다" in analysed[0]
     with open_index(tmp_path / "idx") as idx:
         assert Searcher(idx, fake_encoder).search(SearchRequest.parse("hallucination", k=1, mode="lexical")).hits
+
+
+def _paths(index: Path) -> set[str]:
+    with open_index(index) as idx:
+        return {p.path for p in idx.passages()}
+
+
+def test_naming_another_folder_adds_to_what_the_index_covers(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    summary = build_index([CORPUS], tmp_path / "idx", fake_encoder)
+    assert summary.removed == 0 and summary.dropped == []
+    paths = _paths(tmp_path / "idx")
+    assert any(p.startswith(str(notes.resolve())) for p in paths) and any(p.startswith(str(CORPUS.resolve())) for p in paths)
+    assert read_settings(tmp_path / "idx").roots == [str(notes.resolve()), str(CORPUS.resolve())]
+    # a plain rebuild covers both
+    assert build_index(None, tmp_path / "idx", fake_encoder).removed == 0
+    assert _paths(tmp_path / "idx") == paths
+
+
+def test_replace_drops_the_other_folders_and_names_them(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes, CORPUS], tmp_path / "idx", fake_encoder)
+    summary = build_index([CORPUS], tmp_path / "idx", fake_encoder, replace_roots=True)
+    assert summary.dropped == [str(notes.resolve())] and summary.removed > 0
+    assert all(p.startswith(str(CORPUS.resolve())) for p in _paths(tmp_path / "idx"))
+    assert read_settings(tmp_path / "idx").roots == [str(CORPUS.resolve())]
+
+
+def test_naming_an_empty_folder_on_a_full_index_changes_nothing(notes: Path, tmp_path: Path, fake_encoder):
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    before = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    (tmp_path / "empty").mkdir()
+    for replace_roots in (False, True):
+        with pytest.raises(BadRequest, match="empty holds no .md notes; nothing changed"):
+            build_index([tmp_path / "empty"], tmp_path / "idx", fake_encoder, replace_roots=replace_roots)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == before
+    assert read_settings(tmp_path / "idx").roots == [str(notes.resolve())]
+
+
+def test_a_covered_folder_emptied_is_refused_unless_allowed(notes: Path, tmp_path: Path, fake_encoder):
+    other = tmp_path / "other"
+    shutil.copytree(CORPUS, other)
+    build_index([notes, other], tmp_path / "idx", fake_encoder)
+    n = len(_paths(tmp_path / "idx"))
+    for f in other.glob("*.md"):
+        f.unlink()
+    with pytest.raises(BadRequest, match=r"other holds no notes now: this build would remove \d+ of the index's"):
+        build_index(None, tmp_path / "idx", fake_encoder)
+    assert len(_paths(tmp_path / "idx")) == n
+    summary = build_index(None, tmp_path / "idx", fake_encoder, allow_remove=True)
+    assert summary.removed > 0 and all(p.startswith(str(notes.resolve())) for p in _paths(tmp_path / "idx"))
+
+
+def test_a_covered_folder_that_vanished_says_how_to_stop_covering_it(notes: Path, tmp_path: Path, fake_encoder):
+    other = tmp_path / "other"
+    shutil.copytree(CORPUS, other)
+    build_index([notes, other], tmp_path / "idx", fake_encoder)
+    shutil.rmtree(other)
+    with pytest.raises(BadRequest, match="other: no such file or folder; the index covers it: pass the folders to keep with --replace"):
+        build_index(None, tmp_path / "idx", fake_encoder)
+    assert build_index([notes], tmp_path / "idx", fake_encoder, replace_roots=True).dropped == [str(other.resolve())]
+
+
+def test_a_new_index_from_a_folder_without_notes_is_a_warning(tmp_path: Path, fake_encoder):
+    (tmp_path / "empty").mkdir()
+    summary = build_index([tmp_path / "empty"], tmp_path / "idx", fake_encoder)
+    assert summary.passages == 0
+    assert [str(p) for p in summary.problems] == [f"{(tmp_path / 'empty').resolve()}: no .md notes found here"]
+
+
+def test_a_failed_build_leaves_no_trace_in_a_new_index_folder(tmp_path: Path, fake_encoder):
+    with pytest.raises(BadRequest, match="no such file or folder"):
+        build_index([tmp_path / "nonexistent"], tmp_path / "idx", fake_encoder)
+    assert not (tmp_path / "idx").exists()
+
+    def broken(texts, progress=None):
+        raise RuntimeError("the model failed")
+
+    fake_encoder.embed_passages_and_tokens = broken
+    with pytest.raises(RuntimeError):
+        build_index([CORPUS], tmp_path / "idx", fake_encoder)
+    assert not (tmp_path / "idx").exists()

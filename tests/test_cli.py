@@ -162,3 +162,42 @@ def test_min_score_can_leave_nothing_and_says_so(built: Path):
     assert invoke("query", "hallucination", "--index", built, "--min-score", "1.5").exit_code == 2
     hits = json.loads(invoke("query", "hallucination", "--index", built, "--min-score", "-1", "--json").stdout)
     assert hits and all(h["dense"] >= -1 for h in hits)
+
+
+def test_index_of_another_folder_keeps_the_first_and_replace_names_what_it_drops(built: Path, notes: Path, tmp_path: Path):
+    from conftest import CORPUS
+
+    added = invoke("index", CORPUS, "--index", built)
+    assert added.exit_code == 0 and "0 removed" in added.output and "no longer covered" not in added.output
+    replaced = invoke("index", CORPUS, "--replace", "--index", built)
+    assert replaced.exit_code == 0, replaced.output
+    assert f"no longer covered: {notes.resolve()}" in replaced.stderr
+
+
+def test_index_of_an_empty_folder_on_a_full_index_exits_2_and_changes_nothing(built: Path, tmp_path: Path):
+    (tmp_path / "empty").mkdir()
+    before = invoke("list", "--index", built, "--json").stdout
+    result = invoke("index", tmp_path / "empty", "--index", built)
+    assert result.exit_code == 2 and "holds no .md notes; nothing changed" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert invoke("list", "--index", built, "--json").stdout == before
+
+
+def test_replace_and_watch_do_not_go_together(built: Path, notes: Path):
+    result = invoke("index", notes, "--replace", "--watch", "--index", built)
+    assert result.exit_code == 2 and "--replace and --watch do not go together" in result.output
+
+
+def test_version_and_help_spellings():
+    from importlib.metadata import version
+
+    assert invoke("--version").stdout.strip() == f"review-search {version('review-search')}"
+    assert "--k" not in invoke("query", "--help").output
+    assert "PAPER" in invoke("related", "--help").output
+
+
+def test_no_index_names_the_absolute_folder(tmp_path: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("query", "x")
+    assert result.exit_code == 1 and f"no index at {tmp_path / 'index'}" in result.output
+    assert not (tmp_path / "index").exists()

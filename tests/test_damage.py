@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import random
 import resource
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def test_damage_matrix(built: Path, notes: Path, how: str):
             if result.exit_code != 0:  # a flip can land where nothing reads it; any failure must be clean
                 line = one_line_error(result)
                 assert "damaged" in line or "missing generation" in line or "cannot read" in line, line
-                assert f"rebuild with `review-search index '{notes.resolve()}' --full --index {built}`" in line, line
+                assert f"rebuild with `review-search index {shlex.quote(str(notes.resolve()))} --full --index {built}`" in line, line
         repaired = invoke("index", "--full", "--index", built)
         assert repaired.exit_code == 0, (victim, repaired.output)
         assert size(built) == before, victim
