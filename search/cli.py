@@ -192,7 +192,7 @@ def query(
     reviewer: Optional[str] = ReviewerOpt,
     topic: Optional[str] = TopicOpt,
     week: Optional[str] = WeekOpt,
-    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose cosine similarity is below this."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Drop hits whose shown score is below this."),
     section: Optional[str] = SectionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
@@ -211,7 +211,7 @@ def query(
     if request.truncated:
         typer.echo(f"note: the query was cut to its first {len(request.query)} characters", err=True)
     if not result.hits:
-        typer.echo("no review matches" + (f" with similarity >= {min_score}" if min_score is not None else ""))
+        typer.echo("no review matches" + (f" with score >= {min_score}" if min_score is not None else ""))
         return
     from .display import render_hits
 
@@ -322,7 +322,7 @@ def who(
     if not people:
         typer.echo("nobody: no review matches")
         return
-    from .display import clean, display_path, week_label
+    from .display import clean, display_path, shorten, week_label
 
     for i, person in enumerate(people, start=1):
         typer.echo(f"{i:>2}. {clean(person.name)}  {person.score:.2f}  "
@@ -331,7 +331,7 @@ def who(
             p = e.hit.passage
             role = "presented" if e.presented else "reviewed "
             by = f" (review by {clean(p.reviewer) or '?'})" if e.presented else ""
-            typer.echo(f"      #{e.rank:<3} {role} {clean(p.topic)[:60]}{by} · {week_label(p.week)} · "
+            typer.echo(f"      #{e.rank:<3} {role} {shorten(clean(p.topic, single_line=True), 60)}{by} · {week_label(p.week)} · "
                        f"{display_path(p.path)}:{p.line}")
 
 

@@ -1,4 +1,4 @@
-"""Showing results in a terminal: one header line per hit, then the passage, query terms highlighted.
+"""Showing results in a terminal: a header per hit (file:line on a line of its own when narrow), then the passage.
 
 Text from the notes goes to the terminal, so control characters (escape
 sequences, bidi overrides) are made visible instead of being obeyed.
@@ -48,6 +48,11 @@ def display_path(path: str) -> str:
     return clean(rel if len(rel) < len(path) else path, single_line=True)
 
 
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut marked with an ellipsis."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 def week_label(week: int | None) -> str:
     return "week ?" if week is None else f"week {week}"
 
@@ -79,18 +84,26 @@ def render_hits(
         if p.section != "other":
             meta.append(f" · {p.section}", style="yellow")
         meta.append(f" · {week_label(p.week)}", style="dim")
-        meta.append(f" · {display_path(p.path)}:{p.line}", style="magenta")
-        meta.append(f" · presenter {clean(p.presenter, single_line=True) or '?'}", style="dim")
+        where = Text(f"{display_path(p.path)}:{p.line}", style="magenta")
+        where.append(f" · presenter {clean(p.presenter, single_line=True) or '?'}", style="dim")
         if hit.passages > 1:
-            meta.append(f" · +{hit.passages - 1} passages", style="dim")
-        # The title keeps at least a third of the line; what does not fit after it
-        # is cut from the end, where the least needed fields are.
+            where.append(f" · +{hit.passages - 1} passages", style="dim")
         title = Text(clean(p.topic, single_line=True), style="bold cyan")
-        room = console.width - lead.cell_len - meta.cell_len
-        title.truncate(max(room, min(title.cell_len, console.width // 3)), overflow="ellipsis")
+        # file:line is what a reader opens, so it is never cut: when the line is too
+        # narrow for everything, it moves to a line of its own and the title gets the room.
+        one_line = lead.cell_len + min(title.cell_len, console.width // 3) + meta.cell_len + 3 + where.cell_len
+        if one_line <= console.width:
+            meta.append(" · ", style="dim")
+            meta.append_text(where)
+            where = None
+        title.truncate(max(console.width - lead.cell_len - meta.cell_len, min(title.cell_len, console.width // 3)),
+                       overflow="ellipsis")
         header = Text.assemble(lead, title, meta)
         header.truncate(console.width, overflow="ellipsis")
         console.print(header, no_wrap=True)
+        if where is not None:
+            # Longer than the line: left whole for the terminal to wrap, so a copied path still works.
+            console.print(Text("    ") + where, no_wrap=True, overflow="ignore", crop=False)
         for line in highlight(clean(p.text), terms).wrap(console, max(console.width - 4, 20)):
             line.rstrip()
             console.print(Text("    ") + line, no_wrap=True)

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import embedding, late
 from .embedding import Encoder
-from .errors import ModelError
+from .errors import BadRequest, ModelError
 from .request import Filters, Group, Mode, SearchRequest
 from .store import Index, StoredPassage
 
@@ -37,8 +37,7 @@ class Hit:
     """One result: a passage (the best of its review when grouped) and its scores."""
 
     passage: StoredPassage
-    score: float  # for people: MaxSim of the review (late), else cosine (dense, hybrid), else BM25 (lexical);
-    # the fusion value where a row had none of those (outside the late pool, or past the dense head)
+    score: float  # shown to people, never above the hit before it: see `shown_scores`
     dense: float | None  # cosine similarity to the query, when computed
     lexical: float | None  # BM25 score, when computed
     passages: int = 1  # passages of the same review that matched, when grouped
@@ -97,8 +96,6 @@ class Searcher:
             self._check(self._encoder)
         return self._encoder
 
-    def _allowed_rows(self, filters: Filters) -> np.ndarray | None:
-        return self.index.rows_where(*filters.sql()) if filters.active else None
 
     def dense_scores(self, vector: np.ndarray, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
         """Cosine similarity of the query `vector` to its `limit` nearest (allowed) rows."""
@@ -145,11 +142,10 @@ class Searcher:
         """Whether `search(request)` needs the query's vector, and its MaxSim token rows.
 
         Late ranking needs a vector too on large indexes (for the dense
-        candidates) and with `min_score`; it then takes both from one pass.
+        candidates); it then takes both from one pass.
         """
         late_mode = request.mode == Mode.LATE
-        vector = request.min_score is not None or request.mode in (Mode.DENSE, Mode.HYBRID) or (
-            late_mode and not self._scores_every_row())
+        vector = request.mode in (Mode.DENSE, Mode.HYBRID) or (late_mode and not self._scores_every_row())
         return vector, late_mode
 
     def embed(self, request: SearchRequest) -> Embedded:
@@ -166,11 +162,10 @@ class Searcher:
 
         `embedded` is `embed(request)` done beforehand by this searcher's model;
         it is embedded again when it lacks what this index needs. `min_score`
-        drops hits whose cosine similarity to the query is below it (in lexical
-        mode too, which then also embeds the query).
+        drops hits whose shown score (`shown_scores`) is below it.
         """
         query, k, mode = request.query, request.k, request.mode
-        allowed = self._allowed_rows(request.filters)
+        allowed = allowed_rows(self.index, request.filters)
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, k * 50)
         terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
@@ -185,11 +180,6 @@ class Searcher:
         if mode == Mode.LATE:
             ms = self.late_scores(tokens, self._late_candidates(allowed, dense, lexical))
             review_ms = ms.review
-        if request.min_score is not None:
-            floor = {r for r, s in dense.items() if s >= request.min_score}
-            dense = {r: s for r, s in dense.items() if r in floor}
-            lexical = {r: s for r, s in lexical.items() if r in floor}
-            review_ms = {r: s for r, s in review_ms.items() if r in floor}
         if mode == Mode.DENSE:
             fused = dense
         elif mode == Mode.LEXICAL:
@@ -219,15 +209,87 @@ class Searcher:
                     hits[i] = replace(hits[i], passages=hits[i].passages + 1)
                     continue
                 seen[p.review_key] = len(hits)
-            hits.append(self._hit(p, mode, fused[row], dense.get(row), lexical.get(row), review_ms.get(row)))
-        return SearchResult(request, hits[:k], terms or query.split())
+            hits.append(Hit(p, 0.0, dense.get(row), lexical.get(row), maxsim=review_ms.get(row),
+                            fused=fused[row] if mode in (Mode.LATE, Mode.HYBRID) else None))
+        hits = shown_scores(hits[:k], mode)
+        if request.min_score is not None:
+            hits = [h for h in hits if h.score >= request.min_score]
+        return SearchResult(request, hits, terms or query.split())
 
-    @staticmethod
-    def _hit(p: StoredPassage, mode: Mode, fused: float, dense: float | None, lexical: float | None,
-             maxsim: float | None) -> Hit:
-        readable = {Mode.LATE: maxsim, Mode.HYBRID: dense, Mode.DENSE: dense, Mode.LEXICAL: lexical}[mode]
-        return Hit(p, fused if readable is None else readable, dense, lexical, maxsim=maxsim,
-                   fused=fused if mode in (Mode.LATE, Mode.HYBRID) else None)
+
+def allowed_rows(index: Index, filters: Filters) -> np.ndarray | None:
+    """The rows `filters` allow (None: all of them); a BadRequest saying which filter matched nothing,
+    with the nearest values the index holds, when they allow none."""
+    if not filters.active:
+        return None
+    rows = index.rows_where(*filters.sql())
+    if not len(rows):
+        raise BadRequest(f"no review matches: {_why_nothing(index, filters)}")
+    return rows
+
+
+def _why_nothing(index: Index, f: Filters) -> str:
+    papers = index.papers()
+    if f.reviewer is not None:
+        names = sorted({r for p in papers for r in p.reviewers if r})
+        if f.reviewer not in names:
+            return f"no reviewer is named {f.reviewer!r}{_nearest(f.reviewer, names, 'reviewers')}"
+    if f.topic is not None:
+        titles = list(dict.fromkeys(p.topic for p in papers))
+        if not any(f.topic.casefold() in t.casefold() for t in titles):
+            return f"no paper title contains {f.topic!r}{_nearest(f.topic, titles, 'papers')}"
+    if f.weeks is not None:
+        lo, hi = f.weeks
+        weeks = sorted({p.week for p in papers if p.week is not None})
+        if not any(lo <= w <= hi for w in weeks):
+            asked = f"week {lo}" if lo == hi else f"weeks {lo}-{hi}"
+            held = f"; the index holds weeks {', '.join(map(str, weeks))}" if weeks else "; no file has a week"
+            return f"no {asked} in the index{held}"
+    if f.section is not None and not len(index.rows_where("section = ?", [f.section.value])):
+        return f"no passage is of the kind {f.section.value}"
+    return "each filter matches, but not together"
+
+
+def _nearest(value: str, known: list[str], what: str, n: int = 3) -> str:
+    """`; closest: a, b` (values containing it, or with a word spelled alike), else a few of the known values."""
+    from difflib import SequenceMatcher
+
+    from .display import shorten
+
+    folded = value.casefold()
+
+    def likeness(k: str) -> float:
+        if folded in k.casefold() or k.casefold() in folded:
+            return 1.0
+        return max(SequenceMatcher(None, folded, w).ratio() for w in [k.casefold(), *k.casefold().split()])
+
+    scored = sorted(((likeness(k), k) for k in known), key=lambda x: -x[0])
+    close = [k for score, k in scored if score >= 0.6][:n]
+    shown = [shorten(k, 60) for k in (close or known[:n])]
+    if not shown:
+        return ""
+    return f"; closest: {', '.join(shown)}" if close else f"; {what}: {', '.join(shown)}" + (", …" if len(known) > n else "")
+
+
+def shown_scores(hits: list[Hit], mode: Mode) -> list[Hit]:
+    """The hits with the score people see: each hit's own evidence, capped by the score above it.
+
+    The evidence is the review's MaxSim in late mode (a cosine-like value), the
+    cosine in dense and hybrid mode, BM25 in lexical mode. Fused modes do not
+    order by it, so it alone would go up and down the list; the cap keeps the
+    number monotone in the rank, and a hit's score depends only on the hits
+    above it, so a `min_score` floor keeps exactly a head of the list. A hit
+    without evidence (outside the late pool, past the dense head) takes the
+    score above it, or its cosine where known.
+    """
+    shown, cap = [], float("inf")
+    for h in hits:
+        evidence = {Mode.LATE: h.maxsim, Mode.HYBRID: h.dense, Mode.DENSE: h.dense, Mode.LEXICAL: h.lexical}[mode]
+        if evidence is None:
+            evidence = h.dense if h.dense is not None else (cap if cap != float("inf") else 0.0)
+        cap = min(cap, evidence)
+        shown.append(replace(h, score=cap))
+    return shown
 
 
 def rrf(rankings: list[dict[int, float]], k: int = RRF_K, weights: list[float] | None = None) -> dict[int, float]:

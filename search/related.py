@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import BadRequest, NotFound
-from .ranking import Hit
+from .ranking import Hit, allowed_rows
 from .request import Filters, RelatedGroup
 from .store import Index, StoredPassage
 from .titles import match_titles
@@ -87,11 +87,12 @@ def related_reviews(
     own = [key for key, ps in by_review.items() if ps[0].topic == title]
     paper = _unit(np.mean([review_vec[key] for key in own], axis=0))
 
-    allowed = set(index.rows_where(*filters.sql()).tolist())
+    rows = allowed_rows(index, filters)
+    allowed = None if rows is None else set(rows.tolist())
     candidates = [
         (float(review_vec[key] @ paper), ps)
         for key, ps in by_review.items()
-        if ps[0].topic != title and ps[0].row in allowed
+        if ps[0].topic != title and (allowed is None or ps[0].row in allowed)
     ]
     candidates.sort(key=lambda c: (-c[0], c[1][0].row))
     entries: list[Related] = []

@@ -7,6 +7,7 @@ the one set of defaults and limits and raises `BadRequest` naming the field.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -60,7 +61,9 @@ def parse_weeks(text: str) -> tuple[int, int]:
     parts = [p.strip() for p in str(text).split("-")]
     if 1 <= len(parts) <= 2 and all(p.isascii() and p.isdigit() for p in parts):
         lo, hi = bounded_number(parts[0]), bounded_number(parts[-1])
-        if lo is not None and hi is not None and lo <= hi:
+        if lo is not None and hi is not None and lo > hi:
+            raise BadRequest(f"week range {lo}-{hi} is backwards; write {hi}-{lo}")
+        if lo is not None and hi is not None:
             return lo, hi
     raise BadRequest(f"week takes a week (3) or a range (3-5) of numbers up to {MAX_NUMBER}, not {text!r}")
 
@@ -152,7 +155,7 @@ class SearchRequest:
     mode: Mode = DEFAULT_MODE
     group: Group = DEFAULT_GROUP
     filters: Filters = field(default_factory=Filters)
-    min_score: float | None = None  # drop hits whose cosine similarity to the query is below this
+    min_score: float | None = None  # drop hits whose shown score is below this (ranking.shown_scores)
     truncated: bool = False  # the query was longer than MAX_QUERY_CHARS and was cut
 
     @classmethod
@@ -177,8 +180,8 @@ class SearchRequest:
             raise BadRequest("the query is empty; give some words to search for")
         truncated = len(text) > MAX_QUERY_CHARS
         floor = _number(min_score, "min_score", float, None)
-        if floor is not None and not -1.0 <= floor <= 1.0:
-            raise BadRequest(f"min_score is a cosine similarity from -1 to 1, not {floor}")
+        if floor is not None and not math.isfinite(floor):
+            raise BadRequest(f"min_score takes a finite number, not {floor}")
         return cls(
             query=text[:MAX_QUERY_CHARS],
             k=_k(k),

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from search.cli import app
+from search.store import open_index
 
 runner = CliRunner()
 JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
@@ -62,18 +64,28 @@ def test_query_human_view(built: Path):
     assert "low-rank" in result.output.splitlines()[1]
 
 
-def test_narrow_terminal_keeps_the_header_on_one_line(built: Path, monkeypatch):
+def test_narrow_terminal_moves_file_line_below_the_header(built: Path, monkeypatch):
     monkeypatch.chdir(built.parent)
     result = invoke("query", "LoRA low-rank", "--index", built, columns=70)
-    first = result.output.splitlines()[0]
-    assert "LoRA" in first and "…" in first and "notes/week3.md:" in first and "김철수" in first
+    first, second = result.output.splitlines()[:2]
+    assert "LoRA" in first and "김철수" in first and len(first) <= 70
+    assert second.startswith("    notes/week3.md:") and "presenter" in second
 
 
 def test_query_filters(built: Path):
     result = invoke("query", "학습", "--index", built, "--reviewer", "김철수", "--json")
     assert {h["reviewer"] for h in json.loads(result.stdout)} == {"김철수"}
     result = invoke("query", "학습", "--index", built, "--week", "4-9", "--json")
-    assert json.loads(result.stdout) == []
+    assert result.exit_code == 2 and "no review matches: no weeks 4-9 in the index; the index holds weeks 3" in result.output
+    result = invoke("query", "학습", "--index", built, "--week", "5-3")
+    assert result.exit_code == 2 and "week range 5-3 is backwards; write 3-5" in result.output
+    for name in ("김철", "김철쑤"):
+        result = invoke("query", "학습", "--index", built, "--reviewer", name)
+        assert result.exit_code == 2 and f"no reviewer is named '{name}'; closest: 김철수" in result.output
+    result = invoke("query", "학습", "--index", built, "--reviewer", "없는사람")
+    assert result.exit_code == 2 and "no reviewer is named '없는사람'; reviewers: 김철수, 이영희" in result.output
+    result = invoke("related", "LoRA", "--index", built, "--topic", "Whisperr")
+    assert result.exit_code == 2 and "no paper title contains 'Whisperr'; closest: Whisper" in result.output
     result = invoke("query", "학습", "--index", built, "--week", "nine")
     assert result.exit_code == 2 and "week takes a week" in result.output
 
@@ -158,10 +170,10 @@ def test_unknown_model_is_a_clean_error(notes: Path, tmp_path: Path):
 
 def test_min_score_can_leave_nothing_and_says_so(built: Path):
     result = invoke("query", "hallucination", "--index", built, "--min-score", "0.999")
-    assert result.exit_code == 0 and result.output.strip() == "no review matches with similarity >= 0.999"
-    assert invoke("query", "hallucination", "--index", built, "--min-score", "1.5").exit_code == 2
+    assert result.exit_code == 0 and result.output.strip() == "no review matches with score >= 0.999"
+    assert invoke("query", "hallucination", "--index", built, "--min-score", "nan").exit_code == 2
     hits = json.loads(invoke("query", "hallucination", "--index", built, "--min-score", "-1", "--json").stdout)
-    assert hits and all(h["dense"] >= -1 for h in hits)
+    assert hits and all(h["score"] >= -1 for h in hits)
 
 
 def test_index_of_another_folder_keeps_the_first_and_replace_names_what_it_drops(built: Path, notes: Path, tmp_path: Path):
@@ -201,3 +213,19 @@ def test_no_index_names_the_absolute_folder(tmp_path: Path, monkeypatch):
     result = invoke("query", "x")
     assert result.exit_code == 1 and f"no index at {tmp_path / 'index'}" in result.output
     assert not (tmp_path / "index").exists()
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_narrow_output_keeps_every_file_line_whole(notes: Path, tmp_path: Path, fake_model, monkeypatch, columns: int):
+    deep = tmp_path / "a-long-folder-name-for-the-group-notes" / "2026-spring-semester"
+    deep.mkdir(parents=True)
+    (notes / "week3.md").rename(deep / "000_1d3f9a_week3_reviews.md")
+    invoke("index", deep, "--index", tmp_path / "idx", "--model", fake_model.model_id)
+    monkeypatch.chdir(tmp_path)
+    result = invoke("query", "LoRA low-rank", "--index", tmp_path / "idx", "-k", "3", columns=columns)
+    assert result.exit_code == 0, result.output
+    with open_index(tmp_path / "idx") as idx:
+        lines = {f"{os.path.relpath(p.path)}:{p.line}" for p in idx.passages()}
+    shown = [line for line in result.output.splitlines() if "000_1d3f9a" in line]
+    assert shown and all(any(loc in line for loc in lines) for line in shown)
+    assert all(len(line) <= columns for line in result.output.splitlines() if line not in shown)

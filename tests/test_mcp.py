@@ -97,14 +97,14 @@ def test_search_filters(service):
             return (
                 await call(client, "search", query="모델", reviewer="이영희"),
                 await call(client, "search", query="모델", paper="lora"),
-                await call(client, "search", query="모델", weeks="4-6"),
+                await error_of(client, "search", query="모델", weeks="4-6"),
                 await call(client, "search", query="모델", mode="lexical", weeks="3"),
             )
 
     by_reviewer, by_paper, other_weeks, lexical = run(go())
     assert by_reviewer["hits"] and {h["reviewer"] for h in by_reviewer["hits"]} == {"이영희"}
     assert by_paper["hits"] and all(h["paper"].startswith("LoRA") for h in by_paper["hits"])
-    assert other_weeks["hits"] == []
+    assert "no review matches: no weeks 4-6 in the index" in other_weeks
     assert lexical["hits"]
 
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from search.errors import BadRequest
 from search.ranking import ModelMismatch, Searcher, rrf
 from search.request import Mode, SearchRequest
 from search.store import open_index
@@ -31,8 +34,7 @@ def test_rrf_rewards_agreement():
 def test_modes_find_the_obvious_review(searcher: Searcher, mode: Mode):
     hits = search(searcher, "whisper hallucination 해결", k=3, mode=mode, group="review")
     assert "Speech Recognition" in hits[0].passage.topic and hits[0].passage.reviewer == "이영희"
-    # Fused modes order by the fused value, not by the score they show (late: a review's MaxSim, which the
-    # paper rankings may outvote: here Whisper's other review, lifted by its sibling's words).
+    # Fused modes order by the fused value; the shown score follows that order (shown_scores).
     order = [h.fused if h.fused is not None else h.score for h in hits]
     assert order == sorted(order, reverse=True)
 
@@ -70,7 +72,10 @@ def test_filters_apply_before_top_k(searcher: Searcher):
         "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",
         "Sentence-BERT: Sentence Embeddings using Siamese BERT-Networks",
     }
-    assert search(searcher, "모델", reviewer="없는사람") == []
+    with pytest.raises(BadRequest, match="no review matches: no reviewer is named '없는사람'; reviewers: 김철수, 박민수, 이영희, …"):
+        search(searcher, "모델", reviewer="없는사람")
+    with pytest.raises(BadRequest, match="each filter matches, but not together"):
+        search(searcher, "모델", reviewer="박민수", topic="LoRA")
 
 
 def test_a_week_only_the_file_name_knows_is_filterable(searcher: Searcher):
@@ -83,3 +88,25 @@ def test_querying_with_another_model_is_an_error(searcher: Searcher):
     other.model_id = "fake/other"
     with pytest.raises(ModelMismatch, match="built with fake/trigram-64"):
         Searcher(searcher.index, other)
+
+
+QUERIES = ["whisper hallucination 해결", "low-rank adaptation", "학습 비용", "LoRA", "음성 인식", "attention"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.sampled_from(QUERIES), mode=st.sampled_from(list(Mode)), group=st.sampled_from(["review", "passage"]),
+       k=st.integers(1, 12), floor=st.floats(-1.0, 2.0))
+def test_shown_scores_follow_the_rank_and_min_score_keeps_exactly_those_above_it(
+    searcher: Searcher, query: str, mode: Mode, group: str, k: int, floor: float
+):
+    hits = search(searcher, query, k=k, mode=mode, group=group)
+    shown = [h.score for h in hits]
+    assert shown == sorted(shown, reverse=True)
+    kept = search(searcher, query, k=k, mode=mode, group=group, min_score=floor)
+    assert [(h.passage.row, h.score) for h in kept] == [(h.passage.row, h.score) for h in hits if h.score >= floor]
+
+
+def test_the_shown_score_is_the_evidence_until_a_hit_outranks_its_own(searcher: Searcher):
+    hits = search(searcher, "whisper hallucination 해결", k=6, mode="late")
+    assert hits[0].score == hits[0].maxsim
+    assert all(h.score == min(h.maxsim, prev.score) for prev, h in zip(hits, hits[1:]))

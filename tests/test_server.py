@@ -145,7 +145,7 @@ def test_filters(server: SearchServer, idx: Path, fake_encoder):
     assert hits == expected(idx, fake_encoder, "학습", filters=Filters(reviewer="김철수"))
     assert search(server, q="학습", topic="lora")[1] == expected(idx, fake_encoder, "학습", filters=Filters(topic="lora"))
     assert search(server, q="학습", week="3")[1] == expected(idx, fake_encoder, "학습")
-    assert search(server, q="학습", week="4-9") == (200, [])
+    assert search(server, q="학습", week="4-9") == (400, {"error": "no review matches: no weeks 4-9 in the index; the index holds weeks 3"})
     # empty fields, as an HTML form sends them, mean no filter
     assert search(server, q="학습", reviewer="", topic="", week="") == (200, expected(idx, fake_encoder, "학습"))
 
@@ -194,7 +194,7 @@ def test_passage_returns_the_whole_review(server: SearchServer, notes: Path):
         ("/search?q=x&mode=magic", 400, "mode takes"),
         ("/search?q=x&group=paper", 400, "group takes"),
         ("/search?q=x&week=nine", 400, "week takes"),
-        ("/search?q=x&week=5-3", 400, "week takes"),
+        ("/search?q=x&week=5-3", 400, "is backwards"),
         ("/search?q=x&week=99999999999999999999", 400, "week takes"),
         ("/search?q=x&week=" + "9" * 5000, 400, "week takes"),
         ("/search?q=x&min_score=high", 400, "min_score takes"),
@@ -260,7 +260,7 @@ def test_concurrent_requests_are_all_answered(server: SearchServer, idx: Path, f
 
 def test_a_rebuild_is_picked_up_without_restarting(server: SearchServer, idx: Path, notes: Path, fake_encoder):
     before = call(server, "/health")[2]
-    assert search(server, q="트랜스포머 self-attention", reviewer="최지우") == (200, [])
+    assert search(server, q="트랜스포머 self-attention", reviewer="최지우")[0] == 400  # no such reviewer yet
     (notes / "week4.md").write_text(WEEK4, encoding="utf-8")
     build_index([notes], idx, fake_encoder)
     after = call(server, "/health")[2]
@@ -598,7 +598,7 @@ def test_page_marks_terms_and_escapes_the_notes(server, notes, idx, fake_encoder
 
 def test_page_errors_are_pages(server):
     code, headers, page = call(server, "/?q=x&week=5-3", headers=HTML)
-    assert code == 400 and headers["content-type"].startswith("text/html") and "week takes" in page
+    assert code == 400 and headers["content-type"].startswith("text/html") and "is backwards" in page
     assert 'value="x"' in page  # the form keeps the query
     code, _, page = call(server, "/passage?file=nowhere.md&line=3", headers=HTML)
     assert code == 404 and "no indexed review" in page and "<!doctype html>" in page
