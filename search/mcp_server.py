@@ -1,20 +1,25 @@
 """`review-search mcp`: the index as tools for AI assistants, over the Model Context Protocol.
 
-Five tools, declared with the official SDK (`mcp` 2.x, `MCPServer`): their
+Seven tools, declared with the official SDK (`mcp` 2.x, `MCPServer`): their
 docstrings and typed parameters are what an assistant reads as descriptions and
 JSON schemas, and their pydantic results are published as output schemas.
 
     search(query, k, mode, reviewer, paper, weeks, section)   the passages closest to a query
-    related(paper, k)                                 reviews most similar to a reviewed paper's
+    related(paper, k, reviewer, in_paper, weeks)      reviews most similar to a reviewed paper's
+    seen(paper)                                       has the group reviewed a paper, and where
+    who(query, k, reviewer, paper, weeks, section)    who knows about a subject, with the evidence
     get_review(file, line)                            the whole review behind a citation
     list_papers()                                     every reviewed paper, its presenter and reviewers
     index_status()                                    what the index holds and was built with
 
 Every result carries `cite` (`path:line`) plus paper, reviewer, presenter and
-week, so an assistant can quote its source. Library errors (bad arguments, an
-unknown paper, no index) reach the assistant as tool errors with the library's
-one-line message; anything else is reported by the SDK as a failed call, with
-the traceback in the server's log only.
+week, so an assistant can quote its source. Arguments are validated by the
+library, as for the CLI and the HTTP API, so a bad one (k=0, an unknown mode or
+reviewer) is a tool error of one line; library errors (an unknown paper, no
+index) likewise; anything else is reported by the SDK as a failed call, with the
+traceback in the server's log only. A result's data is its structured content;
+its text block is a short readable digest (one line per result), not a second
+copy of the data.
 
 The same tools are served over stdio (`run_stdio`, for assistants that launch
 the command) and over streamable HTTP (`mcp_asgi`, for the Starlette server to
@@ -29,12 +34,13 @@ from typing import Annotated, AsyncContextManager, Callable, Optional
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp
 
 from .errors import ReviewSearchError
 from .ranking import Hit
-from .request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, SearchRequest
+from .request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, RelatedRequest, SearchRequest
 from .service import SearchService
 from .store import StoredPassage, review_dict
 
@@ -64,9 +70,9 @@ class SearchHit(Citation):
 
     text: str = Field(description="the passage")
     section: str = Field(description="the kind of passage: summary, method, results, opinion, limitations or other")
-    score: float = Field(description="how close the review is to the query: MaxSim (late mode; ~0.80 unrelated, "
-                                     "0.90+ close), cosine (dense, hybrid) or BM25 (lexical)")
-    similarity: Optional[float] = Field(description="cosine similarity of query and passage vectors, when computed")
+    score: float = Field(description="how close the review is to the query, never higher than the result above: "
+                                     "MaxSim (late mode; ~0.80 unrelated, 0.90+ close), cosine (dense, hybrid), "
+                                     "BM25 (lexical), or for related the similarity of the reviews")
 
 
 class SearchResults(BaseModel):
@@ -79,6 +85,50 @@ class RelatedResults(BaseModel):
     related: list[SearchHit] = Field(
         description="other papers' reviews, most similar first; score is their similarity to this paper's reviews"
     )
+
+
+class TopicInfo(BaseModel):
+    """A reviewed paper as `seen` reports it."""
+
+    paper: str
+    week: Optional[int]
+    cite: str = Field(description="path:line of the paper's first review")
+    presenter: str
+    reviewers: list[str]
+
+
+class SeenMatch(TopicInfo):
+    match: str = Field(description="how the name was recognised: title, short name, prefix, fuzzy, similar, arxiv, doi")
+
+
+class SeenMention(BaseModel):
+    paper: str = Field(description="the paper whose review cites the identifier")
+    reviewer: str
+    week: Optional[int]
+    cite: str
+
+
+class SeenResults(BaseModel):
+    reviewed: bool = Field(description="whether a reviewed paper matches")
+    matches: list[SeenMatch] = Field(description="the reviewed papers the name matches")
+    mentioned_in: list[SeenMention] = Field(description="reviews citing the arXiv id or DOI, when no paper is it")
+    closest: list[TopicInfo] = Field(description="the nearest reviewed titles, when nothing matches")
+
+
+class WhoEvidence(SearchHit):
+    role: str = Field(description="reviewed: the person wrote this review; presented: they presented its paper")
+    rank: int = Field(description="the review's rank for the query")
+
+
+class WhoPerson(BaseModel):
+    name: str
+    score: float = Field(description="sum of rank gains of their best evidence (1 for rank 1, 0.5 for rank 3)")
+    evidence: list[WhoEvidence]
+
+
+class WhoResults(BaseModel):
+    query: str
+    people: list[WhoPerson] = Field(description="best first")
 
 
 class ReviewPassage(BaseModel):
@@ -118,6 +168,15 @@ class IndexStatus(BaseModel):
     roots: list[str] = Field(description="the note folders and files it was built from")
 
 
+# Parameters several tools share. Their bounds are stated, not enforced by the schema:
+# the library checks them, so a bad value is one line, as from the CLI.
+K = Annotated[int, Field(description=f"how many reviews to return, 1 to {MAX_K}")]
+Reviewer = Annotated[Optional[str], Field(description="only this reviewer's reviews (exact name)")]
+Weeks = Annotated[Optional[str], Field(description="only these weeks: one (3) or a range (3-5)")]
+Section = Annotated[Optional[str], Field(description="only passages of this kind: summary, method, results, "
+                                                    "opinion, limitations, other (or a label such as 한계)")]
+
+
 def _citation(p: StoredPassage) -> dict:
     return dict(
         cite=f"{p.path}:{p.line}", path=p.path, file=p.file, line=p.line, end_line=p.end_line,
@@ -125,13 +184,34 @@ def _citation(p: StoredPassage) -> dict:
     )
 
 
-def _hit(h: Hit) -> SearchHit:
-    return SearchHit(**_citation(h.passage), text=h.passage.text, section=h.passage.section, score=round(float(h.score), 6),
-                     similarity=None if h.dense is None else round(float(h.dense), 6))
+def _hit_fields(h: Hit) -> dict:
+    return dict(**_citation(h.passage), text=h.passage.text, section=h.passage.section, score=round(float(h.score), 6))
+
+
+def _topic(t) -> dict:
+    return dict(paper=t.title, week=t.week, cite=f"{t.path}:{t.line}", presenter=t.presenter, reviewers=list(t.reviewers))
+
+
+def _digest_line(i: int, hit: dict) -> str:
+    return f"{i}. {hit['score']:.3f} {hit['paper']} · {hit['reviewer'] or '(no reviewer)'} · {hit['cite']}"
+
+
+def _result(model: BaseModel, lines: list[str]) -> CallToolResult:
+    """Structured content for programs, a few readable lines for the assistant's eyes."""
+    return CallToolResult(content=[TextContent(type="text", text="\n".join(lines) or "nothing found")],
+                          structured_content=model.model_dump(mode="json"))
+
+
+def _hits_result(model: BaseModel, head: str, hits: list[SearchHit]) -> CallToolResult:
+    return _result(model, [head, *(_digest_line(i, h.model_dump()) for i, h in enumerate(hits, 1))])
+
+
+def _modes() -> list[str]:
+    return [m.value for m in Mode]
 
 
 def build_server(service: SearchService) -> MCPServer:
-    """An MCP server whose five tools answer from `service`; run it over stdio or mount it over HTTP."""
+    """An MCP server whose seven tools answer from `service`; run it over stdio or mount it over HTTP."""
     server = MCPServer("review-search", instructions=INSTRUCTIONS, log_level="WARNING")
 
     def answer(fn: Callable[[], object]):
@@ -145,33 +225,85 @@ def build_server(service: SearchService) -> MCPServer:
     @server.tool()
     def search(
         query: Annotated[str, Field(description="what to look for, in Korean or English")],
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="how many reviews to return")] = DEFAULT_K,
-        mode: Annotated[Mode, Field(description="late: token-level meaning fused with words (best); hybrid: "
-                                                "whole-passage meaning and words fused; dense: meaning only; "
-                                                "lexical: words only")] = DEFAULT_MODE,
-        reviewer: Annotated[Optional[str], Field(description="only this reviewer's reviews (exact name)")] = None,
+        k: K = DEFAULT_K,
+        mode: Annotated[str, Field(description="late: token-level meaning fused with words (best); hybrid: "
+                                               "whole-passage meaning and words fused; dense: meaning only; "
+                                               "lexical: words only", json_schema_extra={"enum": _modes()})
+                        ] = DEFAULT_MODE.value,
+        reviewer: Reviewer = None,
         paper: Annotated[Optional[str], Field(description="only papers whose title contains this")] = None,
-        weeks: Annotated[Optional[str], Field(description="only these weeks: one (3) or a range (3-5)")] = None,
-        section: Annotated[Optional[str], Field(description="only passages of this kind: summary, method, results, "
-                                                           "opinion, limitations, other (or a label such as 한계)")] = None,
-    ) -> SearchResults:
+        weeks: Weeks = None,
+        section: Section = None,
+    ) -> Annotated[CallToolResult, SearchResults]:
         """Find the review passages closest in meaning to a query; each review appears once, with its best passage."""
-        def run() -> SearchResults:
+        def run() -> CallToolResult:
             request = SearchRequest.parse(query, k, mode, None, reviewer, paper, weeks, section=section)
-            result = service.search(request)
-            return SearchResults(query=request.query, hits=[_hit(h) for h in result.hits])
+            hits = [SearchHit(**_hit_fields(h)) for h in service.search(request).hits]
+            return _hits_result(SearchResults(query=request.query, hits=hits), f"results for {request.query!r}:", hits)
 
         return answer(run)
 
     @server.tool()
     def related(
         paper: Annotated[str, Field(description="a reviewed paper: its title, part of it, an acronym or a near spelling")],
-        k: Annotated[int, Field(ge=1, le=MAX_K, description="how many reviews to return")] = DEFAULT_K,
-    ) -> RelatedResults:
+        k: K = DEFAULT_K,
+        reviewer: Reviewer = None,
+        in_paper: Annotated[Optional[str], Field(description="only reviews of papers whose title contains this")] = None,
+        weeks: Weeks = None,
+    ) -> Annotated[CallToolResult, RelatedResults]:
         """Reviews of other papers most similar to what was written about this paper (its own reviews excluded)."""
-        def run() -> RelatedResults:
-            title, entries = service.related(paper, k)
-            return RelatedResults(paper=title, related=[_hit(e.hit) for e in entries])
+        def run() -> CallToolResult:
+            request = RelatedRequest.parse(paper, k, None, reviewer, in_paper, weeks)
+            title, entries = service.related(request.paper, request.k, request.group, request.filters)
+            hits = [SearchHit(**_hit_fields(e.hit)) for e in entries]
+            return _hits_result(RelatedResults(paper=title, related=hits), f"reviews related to {title!r}:", hits)
+
+        return answer(run)
+
+    @server.tool()
+    def seen(
+        paper: Annotated[str, Field(description="a paper title (any case, partial, near spelling), an arXiv id or URL, or a DOI")],
+    ) -> Annotated[CallToolResult, SeenResults]:
+        """Has the group reviewed this paper? The week, presenter, reviewers and citation, or the closest titles."""
+        def run() -> CallToolResult:
+            r = service.seen(paper)
+            result = SeenResults(
+                reviewed=r.reviewed,
+                matches=[SeenMatch(**_topic(m.topic), match=m.how) for m in r.matches],
+                mentioned_in=[SeenMention(paper=m.topic.title, reviewer=m.reviewer, week=m.topic.week,
+                                          cite=f"{m.path}:{m.line}") for m in r.mentions],
+                closest=[TopicInfo(**_topic(t)) for t, _ in r.closest],
+            )
+            if r.reviewed:
+                lines = [f"reviewed: {m.paper} · week {m.week} · presenter {m.presenter} · {m.cite}" for m in result.matches]
+            else:
+                lines = ["not reviewed", *(f"mentioned in: {m.paper} · {m.cite}" for m in result.mentioned_in),
+                         *(f"closest: {t.paper} · {t.cite}" for t in result.closest)]
+            return _result(result, lines)
+
+        return answer(run)
+
+    @server.tool()
+    def who(
+        query: Annotated[str, Field(description="the subject, in Korean or English")],
+        k: Annotated[int, Field(description=f"how many people, 1 to {MAX_K}")] = DEFAULT_K,
+        reviewer: Reviewer = None,
+        paper: Annotated[Optional[str], Field(description="only evidence from papers whose title contains this")] = None,
+        weeks: Weeks = None,
+        section: Section = None,
+    ) -> Annotated[CallToolResult, WhoResults]:
+        """Who in the group knows about a subject: members ranked by the reviews they wrote and the papers they presented."""
+        def run() -> CallToolResult:
+            request = SearchRequest.parse(query, k, None, None, reviewer, paper, weeks, section=section)
+            people = service.who(request.query, k=request.k, filters=request.filters)
+            result = WhoResults(query=request.query, people=[
+                WhoPerson(name=p.name, score=round(p.score, 4), evidence=[
+                    WhoEvidence(**_hit_fields(e.hit), role="presented" if e.presented else "reviewed", rank=e.rank)
+                    for e in p.evidence])
+                for p in people])
+            lines = [f"{i}. {p.name} {p.score:.2f}: " + "; ".join(f"{e.role} {e.paper} ({e.cite})" for e in p.evidence[:3])
+                     for i, p in enumerate(result.people, 1)]
+            return _result(result, lines)
 
         return answer(run)
 

@@ -22,7 +22,7 @@ from search.build import build_index
 from search.mcp_server import build_server, mcp_asgi
 from search.service import SearchService
 
-TOOLS = {"search", "related", "get_review", "list_papers", "index_status"}
+TOOLS = {"search", "related", "seen", "who", "get_review", "list_papers", "index_status"}
 
 
 def run(coro):
@@ -59,7 +59,7 @@ async def error_of(client: Client, tool: str, **args) -> str:
     return " ".join(c.text for c in result.content)
 
 
-def test_five_tools_with_typed_schemas(service):
+def test_seven_tools_with_typed_schemas(service):
     async def go():
         async with Client(build_server(service)) as client:
             return {t.name: t for t in (await client.list_tools()).tools}
@@ -69,7 +69,9 @@ def test_five_tools_with_typed_schemas(service):
     search = tools["search"].input_schema
     assert set(search["properties"]) == {"query", "k", "mode", "reviewer", "paper", "weeks", "section"}
     assert search["required"] == ["query"]
-    assert search["properties"]["k"]["minimum"] == 1
+    assert "1 to 1000" in search["properties"]["k"]["description"]  # checked by the library, in one line
+    assert search["properties"]["mode"]["enum"] == ["late", "hybrid", "dense", "lexical"]
+    assert set(tools["related"].input_schema["properties"]) == {"paper", "k", "reviewer", "in_paper", "weeks"}
     assert set(tools["get_review"].input_schema["required"]) == {"file", "line"}
     assert tools["related"].input_schema["required"] == ["paper"]
     for t in tools.values():
@@ -278,3 +280,53 @@ def test_answers_follow_a_watched_folder_without_restart(notes: Path, tmp_path: 
     assert not errors, errors
     assert hits[0]["file"] == "week4.md" and hits[0]["paper"].startswith("QLoRA") and hits[0]["week"] == 4
     assert len(before["papers"]) == 2 and len(after["papers"]) == 4
+
+
+def test_seen_and_who(service):
+    async def go():
+        async with Client(build_server(service)) as client:
+            return (await call(client, "seen", paper="lora low rank adaptation"),
+                    await call(client, "seen", paper="a paper nobody reviewed about protein folding"),
+                    await call(client, "who", query="LoRA low-rank 행렬", k=2))
+
+    seen, unseen, who = run(go())
+    assert seen["reviewed"] and seen["matches"][0]["paper"].startswith("LoRA") and seen["matches"][0]["reviewers"]
+    assert not unseen["reviewed"] and unseen["matches"] == []
+    assert who["people"] and who["people"][0]["evidence"]
+    assert {who["people"][0]["name"]} <= {"김철수", "이영희"}  # LoRA's reviewer and presenter
+    assert all(e["cite"] == f"{e['path']}:{e['line']}" for p in who["people"] for e in p["evidence"])
+
+
+def test_related_takes_filters(service):
+    async def go():
+        async with Client(build_server(service)) as client:
+            return await call(client, "related", paper="LoRA", k=5, reviewer="이영희")
+
+    assert {h["reviewer"] for h in run(go())["related"]} <= {"이영희"}
+
+
+@pytest.mark.parametrize("args, message", [
+    ({"query": "x", "k": 0}, "k takes a whole number from 1 to 1000, not 0"),
+    ({"query": "x", "mode": "magic"}, "mode takes one of late, hybrid, dense, lexical, not 'magic'"),
+    ({"query": "x", "reviewer": "없는사람"}, "no reviewer is named '없는사람'"),
+])
+def test_bad_arguments_are_one_line_tool_errors(service, args, message):
+    async def go():
+        async with Client(build_server(service)) as client:
+            return await error_of(client, "search", **args)
+
+    text = run(go())
+    assert message in text and "\n" not in text and "pydantic" not in text
+
+
+def test_results_are_sent_once_as_data_and_a_short_digest(service):
+    async def go():
+        async with Client(build_server(service)) as client:
+            return await client.call_tool("search", {"query": "LoRA low-rank 행렬", "k": 3})
+
+    result = run(go())
+    hits = result.structured_content["hits"]
+    (text,) = [c.text for c in result.content]
+    assert len(text.splitlines()) == 1 + len(hits)  # a heading, then one line per hit
+    assert all(h["cite"] in text and h["text"] not in text for h in hits)
+    assert all("similarity" not in h for h in hits)
