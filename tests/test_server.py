@@ -658,3 +658,17 @@ def test_a_model_that_embeds_one_text_at_a_time_gets_them_one_at_a_time_on_every
     finally:
         service.close()
     assert most[0] == 1
+
+
+def test_page_labels_an_unknown_week_once_and_papers_look_like_links(tmp_path: Path, fake_encoder):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "misc.md").write_text(SAMPLE_WEEK.replace("# 📚 3주차", "# 📚 모임"), encoding="utf-8")
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    for srv in running(make_server(tmp_path / "idx", "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
+        _, _, page = call(srv, "/?q=LoRA", headers=HTML)
+        _, _, papers = call(srv, "/papers", headers=HTML)
+    assert "<dt>주차</dt><dd>?</dd>" in page and "주차 ?" not in page and "주차 주차" not in papers
+    assert "문단 더 일치" not in page
+    css = (Path(__file__).parent.parent / "search/web/static/style.css").read_text(encoding="utf-8")
+    assert ".papers .title a { color: var(--accent)" in css

@@ -47,7 +47,8 @@ def highlight(text: str, terms: Iterable[str]) -> Markup:
 
 
 def week_label(week: int | None) -> str:
-    return "주차 ?" if week is None else f"{week}주차"
+    # Shown under a 주차 label or in its column, so an unknown week is just "?".
+    return "?" if week is None else f"{week}주차"
 
 
 def _url(path: str, **params: Any) -> str:
