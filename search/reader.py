@@ -39,12 +39,22 @@ MAX_FILE_BYTES = 5 * 1024 * 1024
 _WEEK_IN_HEADER = re.compile(r"(\d+)\s*주차")
 _WEEK_IN_NAME = re.compile(r"(?:(\d+)\s*주차|week[\s_-]*(\d+))", re.IGNORECASE)
 _H1 = re.compile(r"^#(?!#)\s*(.*)$")
-_TOPIC = re.compile(r"^#{1,6}\s*주제\s*(\d+)\s*[:：]\s*(.*)$")
-_REVIEW = re.compile(r"^#{1,6}\s*리뷰\s*(\d+)\s*[:：]?\s*$")
+# A topic heading: `### 주제 1: Title`, and the spellings people drift to (`주제2. Title`,
+# `주제 2 - Title`, `주제 2) Title`, `주제 2 Title`, `Topic 2: Title`). A heading that
+# starts like one but has no number (`### 주제: Title`) is still a topic, numbered by
+# position with a warning: filing its reviews under the previous paper would be worse.
+_TOPIC_WORD = r"^#{1,6}\s*(?:주제|topic)(?=[\s\d:：.)\-–—]|$)"
+_TOPIC = re.compile(_TOPIC_WORD + r"\s*(\d+)(?:\s*[:：.)\-–—]\s*|\s+|$)(.*)$", re.IGNORECASE)
+_TOPIC_LIKE = re.compile(_TOPIC_WORD + r"\s*[:：.)\-–—]?\s*(.*)$", re.IGNORECASE)
+_REVIEW = re.compile(r"^#{1,6}\s*(?:리뷰|review)\s*(\d+)\s*[:：.)]?\s*$", re.IGNORECASE)
+_FENCE = re.compile(r"^(```|~~~)")
 _PRESENTER = re.compile(r"^[-*+]\s*\*\*\s*발표자\s*[:：]?\s*\*\*\s*[:：]?(.*)$")
 _REVIEWER = re.compile(r"^[-*+]\s*\*\*\s*리뷰어\s*[:：]?\s*\*\*\s*[:：]?(.*)$")
 _SEPARATOR = re.compile(r"^(?:-{3,}|\*{3,}|_{3,}|<br\s*/?>)$", re.IGNORECASE)
 PLACEHOLDER = "(내용)"
+# Titles are embedded with every passage of their reviews; a longer one is a paste
+# accident, cut here (the model reads ~512 tokens in all).
+MAX_TITLE_CHARS = 300
 # Week, topic and review numbers above this are typos or junk, not numbers: they
 # would overflow SQLite's 64-bit integers (and Python's int() past 4,300 digits).
 MAX_NUMBER = 1_000_000
@@ -234,11 +244,23 @@ class _FileParse:
     review: _OpenReview | None = None
     topics_seen: int = 0  # positions, for numbers that are not numbers
     reviews_in_topic: int = 0
+    topic_numbers: set[int] = field(default_factory=set)  # used in this file, to tell duplicates
+    review_numbers: set[int] = field(default_factory=set)  # used under the current topic
     expect: re.Pattern[str] | None = None
     saw_structure: bool = False
+    fence: str | None = None  # the open code fence: nothing inside it is a heading
 
     def feed(self, line_no: int, raw: str) -> None:
         line = raw.strip()
+        if fence := _FENCE.match(line):
+            if self.fence is None:
+                self.fence = fence.group(1)
+            elif fence.group(1) == self.fence:
+                self.fence = None
+        elif self.fence is not None:
+            if self.review is not None:
+                self.review.body.append((line_no, raw))
+            return
         if self.expect is not None:
             if not line:
                 return
@@ -250,11 +272,17 @@ class _FileParse:
                     self.review.reviewer = m.group(1).strip()
                 return
 
-        if m := _TOPIC.match(line):
+        if (m := _TOPIC.match(line)) or (like := _TOPIC_LIKE.match(line)):
             self.close_review()
             self.topics_seen += 1
             self.reviews_in_topic = 0
-            self.topic = _Topic(self._number("주제", m.group(1), self.topics_seen, line_no), m.group(2).strip())
+            self.review_numbers = set()
+            if m:
+                number, title = self._number("주제", m.group(1), self.topics_seen, line_no), m.group(2).strip()
+            else:
+                number, title = self.topics_seen, like.group(1).strip()
+                self.problems.append(Problem(self.path, line_no, f"topic heading without a number; numbered {number} by position"))
+            self.topic = _Topic(self._unique("주제", number, self.topic_numbers, line_no), self._title(title, line_no))
             self.expect = _PRESENTER
             self.saw_structure = True
         elif m := _REVIEW.match(line):
@@ -264,7 +292,8 @@ class _FileParse:
                 self.problems.append(Problem(self.path, line_no, "review before any 주제 heading, skipped"))
                 return
             self.reviews_in_topic += 1
-            self.review = _OpenReview(self._number("리뷰", m.group(1), self.reviews_in_topic, line_no), line_no)
+            number = self._number("리뷰", m.group(1), self.reviews_in_topic, line_no)
+            self.review = _OpenReview(self._unique("리뷰", number, self.review_numbers, line_no), line_no)
             self.expect = _REVIEWER
         elif _SEPARATOR.match(line):
             self.close_review()
@@ -277,6 +306,23 @@ class _FileParse:
             return value
         self.problems.append(Problem(self.path, line_no, f"{_too_large(kind, digits)}; numbered {position} by position"))
         return position
+
+    def _unique(self, kind: str, number: int, used: set[int], line_no: int) -> int:
+        """`number`, or the next free one when it is already taken: a duplicate must not hide the other."""
+        if number in used:
+            free = max(used) + 1
+            self.problems.append(Problem(self.path, line_no, f"{kind} {number} appears twice; this one numbered {free}"))
+            number = free
+        used.add(number)
+        return number
+
+    def _title(self, title: str, line_no: int) -> str:
+        if not title:
+            self.problems.append(Problem(self.path, line_no, "topic has no title"))
+        elif len(title) > MAX_TITLE_CHARS:
+            self.problems.append(Problem(self.path, line_no, f"title of {len(title):,} characters cut to {MAX_TITLE_CHARS}"))
+            title = title[:MAX_TITLE_CHARS]
+        return title
 
     def close_review(self) -> None:
         """Turn the open review into a `Review`, unless it is an empty or placeholder slot."""

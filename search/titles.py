@@ -25,7 +25,11 @@ did review, so it goes on, still surest first, with loose tiers:
 6. **acronym**: a one-word query of two or more letters or digits that starts
    a title's initials (`DPR`, `RAG`);
 7. **similar**: rapidfuzz's `WRatio` of at least 70 (partial and reordered
-   wording), the best one unless the runner-up is within 3 points.
+   wording), the best one unless the runner-up is within 3 points, for
+   queries of 8 letters or digits or more (WRatio finds a partial match for
+   almost any short string: `' OR 1=1 --` is not a paper).
+
+A title that normalises to nothing (an empty heading) is never named.
 """
 
 from __future__ import annotations
@@ -85,6 +89,8 @@ def match_titles(query: str, titles: list[str], loose: bool = False) -> list[Tit
     tiers: dict[str, list[TitleMatch]] = {"title": [], "short name": [], "prefix": [], "fuzzy": []}
     for t in unique:
         title, short = normalise_title(t), short_name(t)
+        if not title:
+            continue
         if q == title:
             tiers["title"].append(TitleMatch(t, "title"))
         elif short and (q == short or q_short == short):
@@ -101,7 +107,8 @@ def match_titles(query: str, titles: list[str], loose: bool = False) -> list[Tit
         tiers["words"] = [TitleMatch(t, "words") for t in unique if f" {q} " in f" {normalise_title(t)} "]
         tiers["acronym"] = [TitleMatch(t, "acronym") for t in unique
                             if len(word) >= 2 and word.isalnum() and initials(t).startswith(word)]
-        tiers["similar"] = _similar(query, unique)
+        if sum(ch.isalnum() for ch in q) >= FUZZY_MIN_CHARS:
+            tiers["similar"] = _similar(query, [t for t in unique if normalise_title(t)])
     for matches in tiers.values():
         if matches:
             return sorted(matches, key=lambda m: -(m.score or 100))

@@ -229,3 +229,13 @@ def test_narrow_output_keeps_every_file_line_whole(notes: Path, tmp_path: Path, 
     shown = [line for line in result.output.splitlines() if "000_1d3f9a" in line]
     assert shown and all(any(loc in line for loc in lines) for line in shown)
     assert all(len(line) <= columns for line in result.output.splitlines() if line not in shown)
+
+
+def test_an_empty_topic_title_breaks_neither_seen_nor_related(notes: Path, tmp_path: Path, fake_model):
+    f = notes / "week3.md"
+    f.write_text(f.read_text(encoding="utf-8").replace("### 주제 2: LoRA: Low-Rank Adaptation of Large Language Models", "### 주제 2:"), encoding="utf-8")
+    built = invoke("index", notes, "--index", tmp_path / "idx", "--model", fake_model.model_id)
+    assert "topic has no title" in built.output
+    for args in (["seen", "a query long enough for the fuzzy tier"], ["related", "Whisper robust speech"]):
+        result = invoke(*args, "--index", tmp_path / "idx")
+        assert result.exit_code in (0, 2) and "internal error" not in result.output, result.output

@@ -214,3 +214,66 @@ def test_real_50mb_file_is_skipped_without_reading_it(notes: Path):
     result = read_reviews([notes])
     assert len(result.reviews) == 2
     assert [p.message for p in result.problems] == ["file is 50 MiB, over the 5 MiB limit for notes, skipped"]
+
+
+TWO_TOPICS = """# 📚 3주차
+### 주제 1: Paper A
+- **발표자**: 김철수
+### 리뷰 1
+- **리뷰어**: 이영희
+A에 대한 리뷰.
+---
+{second}
+- **발표자**: 박민수
+### 리뷰 1
+- **리뷰어**: 최지우
+B에 대한 리뷰.
+"""
+
+
+@pytest.mark.parametrize("heading", [
+    "### 주제 2: Paper B", "### 주제 2 - Paper B", "### 주제2. Paper B", "### 주제 2) Paper B",
+    "### 주제 2 Paper B", "### Topic 2: Paper B", "## topic 2 – Paper B",
+])
+def test_topic_heading_spellings_all_start_a_new_paper(heading: str):
+    reviews, problems = parse_text(TWO_TOPICS.format(second=heading))
+    assert [(r.topic_no, r.topic, r.reviewer) for r in reviews] == [(1, "Paper A", "이영희"), (2, "Paper B", "최지우")]
+    assert problems == []
+
+
+@pytest.mark.parametrize("heading", ["### 주제: Paper B", "### 주제 Paper B", "### Topic - Paper B"])
+def test_a_topic_heading_without_a_number_is_numbered_by_position_with_a_warning(heading: str):
+    reviews, problems = parse_text(TWO_TOPICS.format(second=heading))
+    assert [(r.topic_no, r.topic, r.reviewer) for r in reviews][1] == (2, "Paper B", "최지우")
+    assert [(p.line, p.message) for p in problems] == [(8, "topic heading without a number; numbered 2 by position")]
+
+
+@pytest.mark.parametrize("heading", ["### 주제별 정리", "### Topics covered"])
+def test_headings_that_only_start_with_the_word_are_not_topics(heading: str):
+    reviews, _ = parse_text(TWO_TOPICS.format(second="### 주제 2: Paper B").replace("A에 대한 리뷰.", f"A에 대한 리뷰.\n{heading}\n더."))
+    assert [r.topic for r in reviews] == ["Paper A", "Paper B"] and heading in reviews[0].body
+
+
+def test_headings_inside_code_fences_are_text():
+    text = TWO_TOPICS.format(second="### 주제 2: Paper B").replace(
+        "A에 대한 리뷰.", "A에 대한 리뷰.\n```markdown\n### 주제 9: 예시\n### 리뷰 1\n---\n```\n그 뒤.")
+    reviews, problems = parse_text(text)
+    assert [r.topic for r in reviews] == ["Paper A", "Paper B"] and problems == []
+    assert "### 주제 9: 예시" in reviews[0].body and reviews[0].body.endswith("그 뒤.")
+
+
+def test_duplicate_numbers_keep_both_papers_and_both_reviews():
+    text = TWO_TOPICS.format(second="### 주제 1: Paper B").replace(
+        "B에 대한 리뷰.", "B에 대한 리뷰.\n### 리뷰 1\n- **리뷰어**: 정하늘\nB에 대한 두 번째 리뷰.")
+    reviews, problems = parse_text(text)
+    assert [(r.topic_no, r.topic, r.review_no, r.reviewer) for r in reviews] == [
+        (1, "Paper A", 1, "이영희"), (2, "Paper B", 1, "최지우"), (2, "Paper B", 2, "정하늘")]
+    assert [(p.line, p.message) for p in problems] == [
+        (8, "주제 1 appears twice; this one numbered 2"), (13, "리뷰 1 appears twice; this one numbered 2")]
+    assert len({r.review_key for r in reviews}) == 3
+
+
+def test_empty_and_overlong_titles_are_warnings():
+    reviews, problems = parse_text(TWO_TOPICS.format(second="### 주제 2: " + "가" * 50_000).replace("Paper A", ""))
+    assert [len(r.topic) for r in reviews] == [0, reader.MAX_TITLE_CHARS]
+    assert [p.message for p in problems] == ["topic has no title", f"title of 50,000 characters cut to {reader.MAX_TITLE_CHARS}"]

@@ -53,3 +53,15 @@ def test_whole_words_only_and_ties_are_all_returned():
     assert match_titles("Improved Baselines with Visual Instruction Tuning", TITLES + ["Visual Instruction Tuning"]) == []
     assert [m.how for m in match_titles("Fast Inference from Transformers via Speculative Decoding ICML 2023", TITLES)] == ["prefix"]
     assert match_titles("   ", TITLES, loose=True) == []
+
+
+@pytest.mark.parametrize("query", ["a long enough query for fuzzy", "Whisper", "' OR 1=1 --", "xx"])
+def test_an_empty_title_is_never_named_and_breaks_nothing(query):
+    for loose in (False, True):
+        assert all(m.title for m in match_titles(query, ["", *TITLES], loose=loose))
+
+
+@pytest.mark.parametrize("query", ["' OR 1=1 --", "1=1", "--", "a b c"])
+def test_short_junk_does_not_resolve_through_the_loosest_tier(query):
+    # WRatio scores "' OR 1=1 --" 85.5 against this title (a partial match on "1")
+    assert match_titles(query, [*TITLES, "Scaling Speech Technology to 1,000+ Languages"], loose=True) == []
