@@ -114,13 +114,29 @@ def _sentences(paragraph: list[Line], count: TokenCounter, budget: int) -> Itera
                 yield line_no, sentence
                 continue
             words: list[str] = []
-            for word in sentence.split():
+            for word in (piece for w in sentence.split() for piece in _cut_word(w, count, budget)):
                 if words and count(" ".join(words + [word])) > budget:
                     yield line_no, " ".join(words)
                     words = []
                 words.append(word)
             if words:
                 yield line_no, " ".join(words)
+
+
+def _cut_word(word: str, count: TokenCounter, budget: int) -> Iterator[str]:
+    """The word, or character runs of it under the budget when it alone is over (a pasted blob, a URL)."""
+    tokens = count(word)
+    if tokens <= budget:
+        yield word
+        return
+    step = max(1, len(word) * budget // tokens)
+    start = 0
+    while start < len(word):
+        size = step
+        while size > 1 and count(word[start:start + size]) > budget:
+            size //= 2
+        yield word[start:start + size]
+        start += size
 
 
 def _fit(paragraph: list[Line], count: TokenCounter, budget: int) -> Iterator[list[Line]]:

@@ -408,11 +408,24 @@ def find_note_files(paths: Iterable[str | Path]) -> NoteFiles:
     unique = []
     for f in found.files:
         key = os.path.realpath(f)
+        if not _utf8(key):
+            # Not storable or printable as text (a cp949 name, say): named by its bytes.
+            shown = os.fsencode(key).decode("utf-8", "backslashreplace")
+            found.problems.append(Problem(shown, None, "file name is not UTF-8, skipped"))
+            continue
         if key not in seen and f.name.lower() != "readme.md":
             seen.add(key)
             unique.append(f)
     found.files = unique
     return found
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+        return True
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates
+        return False
 
 
 def _walk(folder: Path, found: NoteFiles) -> None:

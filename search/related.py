@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .display import shorten
 from .errors import BadRequest, NotFound
 from .ranking import Hit, allowed_rows
 from .request import Filters, RelatedGroup
@@ -34,7 +35,7 @@ class AmbiguousTopic(BadRequest):
     def __init__(self, query: str, candidates: list[str]):
         self.candidates = candidates
         listed = "; ".join(candidates)
-        super().__init__(f"{query!r} matches several papers, be more specific: {listed}")
+        super().__init__(f"{shorten(query, 80)!r} matches several papers, be more specific: {listed}")
 
 
 def match_topic(query: str, titles: list[str]) -> str:
@@ -43,7 +44,7 @@ def match_topic(query: str, titles: list[str]) -> str:
         raise TopicNotFound("the paper title is empty")
     matches = match_titles(query, titles, loose=True)
     if not matches:
-        raise TopicNotFound(f"no reviewed paper matches {query!r}")
+        raise TopicNotFound(f"no reviewed paper matches {shorten(query, 80)!r}")
     if len(matches) > 1:
         raise AmbiguousTopic(query, [m.title for m in matches])
     return matches[0].title

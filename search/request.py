@@ -13,7 +13,7 @@ from enum import Enum
 from typing import Any
 
 from .errors import BadRequest
-from .reader import MAX_NUMBER, bounded_number
+from .reader import MAX_NUMBER, MAX_TITLE_CHARS, bounded_number
 from .sections import Section, parse_section
 
 MAX_K = 1000
@@ -193,6 +193,11 @@ class SearchRequest:
         )
 
 
+def paper_name(value: Any) -> str:
+    """A paper's name as given, stripped and cut to the longest title the reader keeps: no more can match."""
+    return ("" if value is None else str(value).strip())[:MAX_TITLE_CHARS]
+
+
 @dataclass(frozen=True)
 class RelatedRequest:
     """One `related` lookup: the paper named, how many entries, one per review or per paper, and what to filter."""
@@ -206,7 +211,7 @@ class RelatedRequest:
     def parse(cls, paper: Any, k: Any = None, group: Any = None, reviewer: Any = None, topic: Any = None,
               week: Any = None) -> "RelatedRequest":
         """A validated lookup from raw values, as `SearchRequest.parse`; raises BadRequest naming the field."""
-        text = "" if paper is None else str(paper).strip()
+        text = paper_name(paper)
         if not text:
             raise BadRequest("the paper is empty; give a paper's title, part of it or its acronym")
         return cls(text, _k(k), _choice(RelatedGroup, group, "group", RelatedGroup.REVIEW), Filters.parse(reviewer, topic, week))

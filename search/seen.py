@@ -31,6 +31,7 @@ import numpy as np
 
 from .embedding import Encoder
 from .errors import BadRequest
+from .request import paper_name
 from .store import Index, StoredPassage
 from .titles import match_titles
 
@@ -219,7 +220,8 @@ def seen(
     similar-title tier and the closest titles, so most lookups never load a
     model. Without it, those two are skipped.
     """
-    if not query.strip():
+    query = paper_name(query)
+    if not query:
         raise BadRequest("the paper is empty; give a title, an arXiv id or URL, or a DOI")
     passages = index.passages()
     all_topics = topics(passages)

@@ -238,3 +238,13 @@ def test_a_failed_build_leaves_no_trace_in_a_new_index_folder(tmp_path: Path, fa
     with pytest.raises(RuntimeError):
         build_index([CORPUS], tmp_path / "idx", fake_encoder)
     assert not (tmp_path / "idx").exists()
+
+
+def test_a_file_name_that_is_not_utf8_is_skipped_by_name_and_the_rest_lands(notes: Path, tmp_path: Path, fake_encoder):
+    cp949 = os.fsencode(notes) + b"/14\xc1\xd6\xc2\xf7.md"  # "14주차.md" in cp949
+    with open(cp949, "wb") as f:
+        f.write((notes / "week3.md").read_bytes())
+    summary = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert summary.files == 1 and summary.passages == 3
+    (problem,) = [str(p) for p in summary.problems]
+    assert problem == f"{notes.resolve()}/14\\xc1\\xd6\\xc2\\xf7.md: file name is not UTF-8, skipped"

@@ -108,3 +108,13 @@ def test_seed_week_passages_are_labelled_paragraphs():
 def test_placeholder_paragraph_inside_a_real_review_is_dropped():
     ps = chunk_review(review("진짜 내용이다.\n\n(내용)"), words)
     assert [p.text for p in ps] == ["진짜 내용이다."]
+
+
+def test_a_word_longer_than_the_budget_is_cut_into_runs_under_it():
+    def chars(text: str) -> int:  # one token per character, as for text without spaces
+        return len(text)
+
+    blob = "가" * 50_000
+    ps = chunk_review(review(f"앞 문장이다. {blob}"), chars, budget=320)
+    assert len(ps) > 150 and all(chars(p.text) <= 320 for p in ps)
+    assert "".join(p.text for p in ps).replace(" ", "") == ("앞문장이다." + blob)

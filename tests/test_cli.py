@@ -239,3 +239,10 @@ def test_an_empty_topic_title_breaks_neither_seen_nor_related(notes: Path, tmp_p
     for args in (["seen", "a query long enough for the fuzzy tier"], ["related", "Whisper robust speech"]):
         result = invoke(*args, "--index", tmp_path / "idx")
         assert result.exit_code in (0, 2) and "internal error" not in result.output, result.output
+
+
+def test_overlong_paper_names_are_cut_and_not_echoed_whole(built: Path):
+    name = "가" * 40_000
+    for command in ("seen", "related"):
+        result = invoke(command, name, "--index", built)
+        assert "internal error" not in result.output and len(result.output) < 2_000, (command, len(result.output))
