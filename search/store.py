@@ -161,15 +161,25 @@ def _write_atomically(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _checksums(folder: Path) -> dict[str, str]:
-    """blake2b of every file under `folder` but the manifest, by path relative to it."""
+def _checksums(folder: Path, unreadable_ok: bool = False) -> dict[str, str]:
+    """blake2b of every file under `folder` but the manifest, by path relative to it.
+
+    With `unreadable_ok` a file that cannot be read (permissions) gets a digest
+    no file has, so a check reports it as damaged instead of failing itself.
+    """
     out = {}
     for p in sorted(folder.rglob("*")):
         if p.is_file() and p.name != MANIFEST:
             h = hashlib.blake2b(digest_size=16)
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
+            try:
+                with open(p, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+            except OSError as e:
+                if not unreadable_ok:
+                    raise
+                out[p.relative_to(folder).as_posix()] = f"unreadable ({e.strerror})"
+                continue
             out[p.relative_to(folder).as_posix()] = h.hexdigest()
     return out
 
@@ -372,7 +382,7 @@ class Index:
 
     def damaged_files(self) -> set[str]:
         """Files of this generation (relative names) whose checksum no longer matches the manifest."""
-        digests = _checksums(self.folder)
+        digests = _checksums(self.folder, unreadable_ok=True)
         return {n for n in set(digests) | set(self.manifest.checksums) if digests.get(n) != self.manifest.checksums.get(n)}
 
     def close(self) -> None:
@@ -503,7 +513,7 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
         verify = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file()) <= VERIFY_ON_OPEN_BYTES
     if verify and (bad := sorted(index.damaged_files())):
         index.close()
-        raise damaged(f"{gen / bad[0]} is damaged (its checksum does not match)")
+        raise damaged(f"{gen / bad[0]} is damaged (unreadable, or its checksum does not match)")
     return index
 
 

@@ -217,3 +217,34 @@ def test_disk_errors_map_to_disk_error():
     assert isinstance(_disk_error(OSError(errno.ENOSPC, "x"), Path("i")), DiskError)
     assert "no space left on device" in str(_disk_error(OSError(errno.ENOSPC, "x"), Path("i")))
     assert _disk_error(OSError(errno.ENOENT, "x"), Path("i")) is None
+
+
+@pytest.mark.parametrize("victim", ["tokens/codes.npy", "lexical/data.csc.index.npy", "dense.faiss", "passages.sqlite"])
+def test_an_unreadable_file_in_the_live_generation_is_damage_and_a_rebuild_replaces_it(built: Path, monkeypatch, victim):
+    import builtins
+
+    path = generation(built) / victim
+    if not path.exists():
+        pytest.skip(f"{victim} is not part of this index format")
+    real_open, real_os_open = builtins.open, __import__("os").open
+
+    # root ignores chmod 000, so the kernel's refusal is simulated for the one file
+    def guard(call):
+        def guarded(file, *args, **kwargs):
+            if str(file).split("?")[0].removeprefix("file:") == str(path):
+                raise PermissionError(errno.EACCES, "Permission denied", str(file))
+            return call(file, *args, **kwargs)
+        return guarded
+
+    monkeypatch.setattr(builtins, "open", guard(real_open))
+    monkeypatch.setattr("os.open", guard(real_os_open))
+    for args in (["query", "hallucination"], ["list"]):
+        result = invoke(*args, "--index", built)
+        if result.exit_code != 0:
+            line = one_line_error(result)
+            assert "damaged" in line and "internal error" not in line and "rebuild with" in line, line
+    rebuilt = invoke("index", "--index", built)
+    assert rebuilt.exit_code == 0, rebuilt.output
+    monkeypatch.undo()
+    assert invoke("query", "hallucination", "--index", built).exit_code == 0
+    assert str(path) != str(generation(built) / victim)
