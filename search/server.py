@@ -74,14 +74,17 @@ MAX_LINE = 10_000_000  # no note has more lines than this; bounds what reaches S
 TOKEN_ENV = "REVIEW_SEARCH_TOKEN"
 TOKEN_COOKIE = "review_search_token"
 
-# Connection limits (issue #10): a client may keep an idle connection this long,
-# must finish sending its request line and headers within HEADER_TIMEOUT, may
-# send at most MAX_HEADER_BYTES of them (h11 and Guard), and beyond MAX_CONCURRENCY open
-# connections or requests the server answers 503 at once instead of queueing.
+# Connection limits: a client may keep an idle connection this long, must finish
+# sending its request line and headers within HEADER_TIMEOUT, may send at most
+# MAX_HEADER_BYTES of them (h11 and Guard), and beyond MAX_CONCURRENCY requests in
+# progress the server answers 503 at once instead of queueing (InFlightLimit).
+# Idle connections hold no slot: uvicorn's own limit_concurrency counts open
+# connections, so 64 silent sockets from any local process denied every request.
 KEEP_ALIVE_TIMEOUT = 5
 HEADER_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 16 * 1024
 MAX_CONCURRENCY = 64
+LISTEN_BACKLOG = 1024  # connections the kernel completes before the server accepts them
 
 SECURITY_HEADERS = [
     (b"content-security-policy",
@@ -145,6 +148,31 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> J
 def wants_html(request: Request) -> bool:
     """Whether the client is a browser asking for a page rather than a program asking for JSON."""
     return "text/html" in request.headers.get("accept", "")
+
+
+class InFlightLimit:
+    """ASGI middleware: at most `limit` HTTP requests in progress; past it, 503 at once.
+
+    One event loop runs every request, so a plain counter is exact.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            await _json(503, {"error": "the server is busy; try again in a moment"}, {"Retry-After": "1"})(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 class Guard:
@@ -335,7 +363,7 @@ def create_app(service: SearchService, *, host: str, token: str | None) -> ASGIA
     mcp = mcp_asgi(service, host=host)
     routes = [*pages.routes(), *api_routes(service, pages), Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"])]
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lambda app: mcp.lifespan())
-    return Guard(app, loopback=is_loopback(host), token=token)
+    return InFlightLimit(Guard(app, loopback=is_loopback(host), token=token), MAX_CONCURRENCY)
 
 
 def log_to_stderr() -> None:
@@ -394,6 +422,20 @@ class _Protocol(H11Protocol):
             self.transport.close()
 
 
+def _raise_open_file_limit() -> None:
+    """Let the server hold as many connections as the system allows: each open socket is a file,
+    and a soft limit of 1,024 would stop accepting (every request waiting) at ~1,000 idle ones."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft != resource.RLIM_INFINITY and soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+    except (ImportError, ValueError, OSError):  # not on Windows; or not allowed: keep the limit
+        pass
+
+
 class SearchServer:
     """A bound socket, a loaded SearchService and the uvicorn server that joins them."""
 
@@ -407,6 +449,7 @@ class SearchServer:
         header_timeout: float = HEADER_TIMEOUT,
     ):
         host, port = address
+        _raise_open_file_limit()
         # Bind before loading, so a taken port fails at once rather than after the model loads.
         try:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -418,7 +461,7 @@ class SearchServer:
             self.socket = socket.socket(family, kind, proto)
             self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             self.socket.bind(infos[0][4])
-            self.socket.listen(128)
+            self.socket.listen(LISTEN_BACKLOG)
         except OSError as e:
             raise ServerError(f"cannot listen on {host}:{port} ({e.strerror or e})") from None
         self.server_address = self.socket.getsockname()[:2]
@@ -431,7 +474,7 @@ class SearchServer:
         self.app = create_app(self.service, host=host, token=token)
         config = uvicorn.Config(
             self.app, http=protocol, lifespan="auto", log_config=None, access_log=log_requests,
-            timeout_keep_alive=KEEP_ALIVE_TIMEOUT, limit_concurrency=MAX_CONCURRENCY,
+            timeout_keep_alive=KEEP_ALIVE_TIMEOUT,
             h11_max_incomplete_event_size=MAX_HEADER_BYTES, timeout_graceful_shutdown=5,
             server_header=False, proxy_headers=False,
         )
