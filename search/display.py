@@ -34,9 +34,12 @@ def clean(text: str, *, single_line: bool = False) -> str:
     one-line messages must not be able to start a line of their own.
     """
     keep = "" if single_line else "\n\t"
-    return "".join(
-        ch if ch in keep or unicodedata.category(ch) not in _UNSAFE else f"\\u{ord(ch):04x}" for ch in text
-    )
+    return "".join(f"\\u{ord(ch):04x}" if ch not in keep and unsafe(ch) else ch for ch in text)
+
+
+def unsafe(ch: str) -> bool:
+    """Whether a character would act on a terminal or reorder text instead of being shown (see _UNSAFE)."""
+    return unicodedata.category(ch) in _UNSAFE
 
 
 def display_path(path: str) -> str:

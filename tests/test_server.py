@@ -710,3 +710,21 @@ def test_page_labels_an_unknown_week_once_and_papers_look_like_links(tmp_path: P
     assert "문단 더 일치" not in page
     css = (Path(__file__).parent.parent / "search/web/static/style.css").read_text(encoding="utf-8")
     assert ".papers .title a { color: var(--accent)" in css
+
+
+def test_page_shows_bidi_and_control_characters_as_escapes(tmp_path: Path, fake_encoder):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    hostile = SAMPLE_WEEK.replace("이영희", "이영\u202e희").replace("아쉬웠다.", "아쉬웠다.\x1b[2J\u2067끝")
+    (notes / "week31\u202egnp.md").write_text(hostile, encoding="utf-8")
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    for srv in running(make_server(tmp_path / "idx", "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
+        pages = [call(srv, path, headers=HTML)[2] for path in ("/?q=%EC%95%84%EC%89%AC%EC%9B%A0%EB%8B%A4", "/papers", "/related?paper=LoRA")]
+        reviewer_filter = call(srv, "/search?" + urlencode({"q": "아쉬웠다", "reviewer": "이영\u202e희"}))
+        _, _, review = call(srv, "/passage?" + urlencode({"file": f"week31\u202egnp.md", "line": 13}), headers=HTML)
+    for page in [*pages, review]:
+        assert not {"\u202e", "\x1b", "\u2067"} & set(page)
+    assert "week31\\u202egnp.md" in pages[0] and "이영\\u202e희" in pages[0]
+    # the form still sends the name as stored, so the filter it offers works
+    assert 'value="이영&#x202e;희"' in pages[0]
+    assert reviewer_filter[0] == 200 and reviewer_filter[1]

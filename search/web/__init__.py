@@ -1,8 +1,13 @@
 """The search page: server-rendered HTML over the same SearchService as the JSON API.
 
 Templates are Jinja2 with autoescape on, so every string from the notes
-(titles, names, paths, passages) is escaped; query terms are highlighted by
-`highlight`, which escapes the text around each mark itself. CSS and the few
+(titles, names, paths, passages) is escaped, and every shown string has its
+control and bidi characters made visible (`display.clean`, as in the terminal:
+a U+202E in a file name must not reverse what follows). Values that go back to
+the server (form fields) go through `| field` instead, which keeps them as they
+are but writes those characters as character references. Query terms
+are highlighted by `highlight`, which cleans and escapes the text around each
+mark itself. CSS and the few
 lines of JS are served from `static/`: no build step, nothing from a CDN.
 """
 
@@ -22,6 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from ..display import clean, unsafe
 from ..errors import ReviewSearchError
 from ..request import RelatedRequest
 from ..server import SEARCH_PARAMS, answer, parse_search, query_params
@@ -34,6 +40,7 @@ PAGE_K = "10"  # results on the page unless the URL says otherwise
 
 def highlight(text: str, terms: Iterable[str]) -> Markup:
     """`text` escaped, with case-insensitive occurrences of the terms wrapped in <mark>."""
+    text = clean(text)
     words = sorted({t for t in terms if t and t.strip()}, key=len, reverse=True)
     if not words:
         return escape(text)
@@ -44,6 +51,17 @@ def highlight(text: str, terms: Iterable[str]) -> Markup:
         last = m.end()
     out.append(escape(text[last:]))
     return Markup("").join(out)
+
+
+def _shown(value: Any) -> Any:
+    """Every `{{ }}` output: strings cleaned for display; Markup (already safe, or a form value) as is."""
+    return clean(value) if isinstance(value, str) and not isinstance(value, Markup) else value
+
+
+def form_value(value: Any) -> Markup:
+    """`value` for an HTML attribute that is sent back (a form field): exactly the text, with control and
+    bidi characters as character references, so the page source carries none raw."""
+    return Markup("".join(f"&#x{ord(ch):x};" if unsafe(ch) else str(escape(ch)) for ch in str(value)))
 
 
 def week_label(week: int | None) -> str:
@@ -57,9 +75,9 @@ def _url(path: str, **params: Any) -> str:
 
 
 templates = Jinja2Templates(
-    env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True)
+    env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True, finalize=_shown)
 )
-templates.env.filters.update(highlight=highlight, week=week_label)
+templates.env.filters.update(highlight=highlight, week=week_label, field=form_value)
 templates.env.globals.update(url=_url)
 
 
