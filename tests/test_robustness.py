@@ -3,7 +3,9 @@ concurrent builds never leave the group without a working index."""
 
 from __future__ import annotations
 
+import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -97,6 +99,57 @@ def test_indexer_survives_any_files(tmp_path_factory, files):
     idx = open_index(folder / "index")
     assert idx.size == summary.passages
     assert all(p.reviewer and p.text.strip() != PLACEHOLDER for p in idx.passages())
+
+
+TOPIC_SPELLINGS = ["### 주제 {n}: {title}", "### 주제{n}. {title}", "### 주제 {n} - {title}", "### 주제 {n}) {title}",
+                   "### 주제 {n} {title}", "### Topic {n}: {title}", "## 주제 {n}: {title}", "### 주제: {title}"]
+# Bytes a file name may carry: ASCII, Hangul in UTF-8, and cp949 bytes that are not UTF-8.
+NAME_BYTES = st.lists(st.sampled_from([b"w", b"3", b"_", b"-", b" ", "주차".encode(), b"\xc1\xd6", b"\xff", b"\xe2\x80\xae"]),
+                      min_size=1, max_size=5).map(b"".join)
+
+
+@st.composite
+def marked_week(draw, file_no: int) -> str:
+    """A week whose every review body names its paper (P<file>.<topic>), in drifting heading spellings,
+    with duplicate numbers, code fences holding headings, and over-long words."""
+    lines = ["# 📚 3주차"]
+    for t in range(draw(st.integers(1, 3))):
+        paper = f"P{file_no}.{t}"
+        heading = draw(st.sampled_from(TOPIC_SPELLINGS))
+        lines += [heading.format(n=draw(st.integers(1, 2)), title=f"Paper {paper} title"), "- **발표자**: 김", ""]
+        for _ in range(draw(st.integers(1, 2))):
+            lines += [f"### 리뷰 {draw(st.integers(1, 2))}", "- **리뷰어**: 이", "", f"{paper} 에 대한 리뷰다."]
+            if draw(st.booleans()):
+                lines += ["```", "### 주제 9: Not a paper", "### 리뷰 1", "```", f"{paper} 계속."]
+            if draw(st.booleans()):
+                lines.append("가" * draw(st.integers(1, 5000)))
+            lines += ["", "---", ""]
+    return "\n".join(lines)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_notes_never_abort_a_build_name_every_skip_and_keep_reviews_on_their_paper(tmp_path_factory, data):
+    folder = tmp_path_factory.mktemp("notes")
+    names = data.draw(st.lists(NAME_BYTES, min_size=1, max_size=4, unique=True))
+    for i, name in enumerate(names):
+        with open(os.fsencode(folder) + b"/" + name + b".md", "wb") as f:
+            f.write(data.draw(marked_week(i)).encode("utf-8"))
+    summary = build_index([folder], folder / "index", FakeEncoder())
+    messages = [str(p) for p in summary.problems]
+    for name in names:
+        path = os.fsencode(folder.resolve()) + b"/" + name + b".md"
+        try:
+            path.decode("utf-8")
+        except UnicodeDecodeError:  # skipped, and named by its bytes
+            assert any(m.startswith(path.decode("utf-8", "backslashreplace")) and "not UTF-8" in m for m in messages)
+    assert summary.files + sum("not UTF-8" in m for m in messages) == len(names)
+    with open_index(folder / "index") as idx:
+        passages = idx.passages()
+    assert all("Not a paper" not in p.topic for p in passages)
+    for p in passages:
+        marks = set(re.findall(r"P\d+\.\d+", p.text))
+        assert marks <= {p.topic.split()[1]}, (p.topic, p.text[:80])
 
 
 def start_slow_build(notes: Path, index: Path, delay: float) -> subprocess.Popen:
