@@ -121,8 +121,8 @@ def build_index(
     _check_remembered(roots, remembered)
     result = read_reviews(roots)
     problems = list(result.problems)
-    if not result.files:
-        problems.append(Problem(", ".join(roots), None, "no .md notes found here"))
+    present = [*result.files, *result.skipped, *result.unreadable_dirs]
+    problems += [Problem(r, None, "no .md notes found here") for r in roots if not any(_under(f, r) for f in present)]
     with Writer(index_dir) as writer:
         if writer.previous_problem:
             problems.append(Problem(str(index_dir), None, writer.previous_problem))

@@ -248,3 +248,10 @@ def test_a_file_name_that_is_not_utf8_is_skipped_by_name_and_the_rest_lands(note
     assert summary.files == 1 and summary.passages == 3
     (problem,) = [str(p) for p in summary.problems]
     assert problem == f"{notes.resolve()}/14\\xc1\\xd6\\xc2\\xf7.md: file name is not UTF-8, skipped"
+
+
+def test_each_folder_without_notes_is_named_in_a_warning(notes: Path, tmp_path: Path, fake_encoder):
+    (tmp_path / "empty").mkdir()
+    summary = build_index([notes, tmp_path / "empty"], tmp_path / "idx", fake_encoder)
+    assert summary.passages == 3
+    assert [str(p) for p in summary.problems] == [f"{(tmp_path / 'empty').resolve()}: no .md notes found here"]
