@@ -72,9 +72,9 @@ def report(result: dict, out: Path | None) -> None:
 def warm_embedding(paths: list[str]) -> float:
     """Passages per second of the default encoder once loaded, over the corpus's real passages."""
     sys.path.insert(0, str(ROOT))
-    from search.chunking import chunk_review
-    from search.embedding import load_encoder
-    from search.reader import read_reviews
+    from search.notes.chunking import chunk_review
+    from search.model.encoders import load_encoder
+    from search.notes.reader import read_reviews
 
     encoder = load_encoder()
     texts = [p.embed_text for r in read_reviews(paths).reviews for p in chunk_review(r, encoder.count_tokens)]

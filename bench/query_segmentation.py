@@ -18,8 +18,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.lexical import QuerySegmenter, passage_terms  # noqa: E402
-from search.reader import read_reviews  # noqa: E402
+from search.store.bm25 import QuerySegmenter, passage_terms  # noqa: E402
+from search.notes.reader import read_reviews  # noqa: E402
 
 BOUND_SECONDS = 2.0
 

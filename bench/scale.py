@@ -1,7 +1,7 @@
 """How the FAISS vector index behaves as the collection grows: exact (Flat) vs HNSW.
 
 Run on demand (it is not a test); it chooses `HNSW_FROM` and the HNSW
-parameters of `search.store.faiss_index_for`:
+parameters of `search.store.index.faiss_index_for`:
 
     python bench/scale.py                                  # 10k, 100k, 1M: ~28 min on 2 cores, 3.4 GB peak
     python bench/scale.py --sizes 10000,100000             # ~3 min
@@ -25,9 +25,9 @@ M:efConstruction of `--hnsw`) over N synthetic vectors and measures
   evicting it with posix_fadvise(DONTNEED) ("cold"). The whole child process
   (Python start-up, numpy and faiss imports, load, two queries) is timed too;
 * what a review-search query asks of the index: `Searcher.dense_scores`
-  takes `search.ranking.CANDIDATES` (1000) rows, `search(q, k=1000)` and a
+  takes `search.rank.searcher.CANDIDATES` (1000) rows, `search(q, k=1000)` and a
   {row: score} dict; its latency, recall@10 and recall@1000. HNSW is run at
-  store.py's efSearch (HNSW_EF_SEARCH): in faiss 1.15 a k above efSearch does not raise
+  store/index.py's efSearch (HNSW_EF_SEARCH): in faiss 1.15 a k above efSearch does not raise
   the search effort, the extra rows come from the nodes the search visited
   (its recall@10 equals that of k=10 at the same efSearch).
 
@@ -39,7 +39,7 @@ thread count is left at its default (the number of cores) and recorded.
 (rows are shuffled; the last `--queries` rows become the queries), e.g. a big
 index's own:
 
-    python -c "from search.store import open_index; import numpy as np; np.save('v.npy', open_index('index').vectors())"
+    python -c "from search.store.index import open_index; import numpy as np; np.save('v.npy', open_index('index').vectors())"
     python bench/scale.py --vectors v.npy --sizes 100000 --out bench/results/scale-real.json
 
 Medians are taken over `--passes` passes of all queries (timings on a shared
@@ -89,7 +89,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import search  # noqa: E402,F401  sets OMP_WAIT_POLICY=PASSIVE (unless set) before faiss loads, as the app does
-from search.store import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH  # noqa: E402
+from search.store.index import HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -522,7 +522,7 @@ def markdown(data: dict) -> str:
         "### What a review-search query asks of the index: search(q, k=1000) + {row: score} dict",
         "",
         "`Searcher.dense_scores` takes ranking.CANDIDATES rows (1000; all rows when fewer). "
-        f"HNSW at efSearch {DEFAULT_EF_SEARCH} (store.py's): faiss does not raise the effort to k, "
+        f"HNSW at efSearch {DEFAULT_EF_SEARCH} (store/index.py's): faiss does not raise the effort to k, "
         "it fills the 1000 rows from the nodes its search visited.",
         "",
         f"| N | index | p50 ms | p99 ms | recall@10 | recall@{meta.get('candidates', 1000)} | rows returned |",
@@ -577,12 +577,12 @@ def main() -> None:
         "--hnsw",
         type=hnsw_specs,
         default=hnsw_specs("16:80,32:80,32:200,48:80"),
-        help="HNSW builds as M:efConstruction,... (default 16:80,32:80,32:200,48:80; store.py today: 32:80)",
+        help="HNSW builds as M:efConstruction,... (default 16:80,32:80,32:200,48:80; store/index.py today: 32:80)",
     )
     ap.add_argument("--ef-search", type=ints, default=[16, 32, 64, 128, 256, 512], help="HNSW efSearch values")
     ap.add_argument("--passes", type=int, default=3, help="passes over the queries per setting (default 3)")
     ap.add_argument("--load-repeats", type=int, default=3, help="fresh processes per load mode (default 3)")
-    ap.add_argument("--candidates", type=int, default=None, help="k of the app-style query (default: search.ranking.CANDIDATES)")
+    ap.add_argument("--candidates", type=int, default=None, help="k of the app-style query (default: search.rank.searcher.CANDIDATES)")
     ap.add_argument("--vectors", type=Path, default=None, help="real vectors (.npy, rows x 384) instead of synthetic ones")
     ap.add_argument("--seed", type=int, default=20240521)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "scale.json")
@@ -606,7 +606,7 @@ def main() -> None:
     import faiss
 
     if args.candidates is None:
-        from search.ranking import CANDIDATES
+        from search.rank.searcher import CANDIDATES
 
         args.candidates = CANDIDATES
     meta = {

@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from search.build import build_index  # noqa: E402
-from search.embedding import load_encoder  # noqa: E402
-from search.seen import SIMILAR_MIN, _by_title, _title_similarity, topics  # noqa: E402
-from search.store import open_index  # noqa: E402
+from search.indexing.build import build_index  # noqa: E402
+from search.model.encoders import load_encoder  # noqa: E402
+from search.rank.seen import SIMILAR_MIN, _by_title, _title_similarity, topics  # noqa: E402
+from search.store.index import open_index  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
 ROOTS = [ROOT / "seeds", SHARED / "dev-corpus" / "weeks", SHARED / "dev-corpus-2" / "weeks"]

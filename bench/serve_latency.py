@@ -28,8 +28,8 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from search.request import DEFAULT_GROUP, DEFAULT_MODE, Group, Mode  # noqa: E402
-from search.store import live_generation  # noqa: E402
+from search.rank.request import DEFAULT_GROUP, DEFAULT_MODE, Group, Mode  # noqa: E402
+from search.store.index import live_generation  # noqa: E402
 
 QUERIES = [
     "MoE 라우팅 top-2 expert load balancing",

@@ -1,4 +1,13 @@
-"""review-search: semantic search over a study group's weekly paper-review notes."""
+"""review-search: semantic search over a study group's weekly paper-review notes.
+
+The package follows the data: `notes` (files → reviews → passages), `model`
+(passages and queries → vectors and token states), `store` (the index on disk),
+`rank` (queries → results), `indexing` (building and watching), then the ways
+in: `service` (a loaded index for long-running front ends), `cli`, `display`
+(the terminal), `http` (API and page) and `mcp` (assistants). Each layer
+imports only the ones before it; `errors` sits under all of them
+(tests/test_layers.py holds both rules).
+"""
 
 import os
 

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Iterator, List, Optional
 import typer
 
 from .errors import BadRequest, ReviewSearchError
-from .request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, DEPTH, MAX_K, Group, Mode, RelatedGroup
+from .rank.request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, DEPTH, MAX_K, Group, Mode, RelatedGroup
 
 if TYPE_CHECKING:
-    from .build import BuildSummary
-    from .embedding import Encoder
+    from .indexing.build import BuildSummary
+    from .model.protocol import Encoder
     from .service import SearchService
-    from .watch import Watcher
+    from .indexing.watch import Watcher
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
 
@@ -102,9 +102,9 @@ def index(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build or update the index from review files."""
-    from .build import build_index, build_roots
-    from .embedding import load_encoder
-    from .store import read_settings
+    from .indexing.build import build_index, build_roots
+    from .model.encoders import load_encoder
+    from .store.index import read_settings
 
     with clean_errors(index_dir):
         encoder = load_encoder(model or read_settings(index_dir).model_id)
@@ -163,7 +163,7 @@ def _watch_in_background(index_dir: Path, service: "SearchService") -> "Watcher"
 
     The builds use the service's own model object, so the server holds one model, not two.
     """
-    from .watch import watch_in_thread
+    from .indexing.watch import watch_in_thread
 
     return watch_in_thread(index_dir, encoder=service.encoder, on_build=lambda s: _report_build(s, index_dir, err=True),
                            on_error=_watch_failed)
@@ -171,7 +171,7 @@ def _watch_in_background(index_dir: Path, service: "SearchService") -> "Watcher"
 
 def _watch_index(index_dir: Path, roots: list[str], encoder: "Encoder", as_json: bool) -> None:
     """`index --watch`: one summary per build until Ctrl-C."""
-    from .watch import watch_index
+    from .indexing.watch import watch_index
 
     typer.echo(f"watching {', '.join(roots)} for changes to .md files (Ctrl-C stops)", err=True)
     with clean_errors(index_dir):
@@ -197,9 +197,9 @@ def query(
     as_json: bool = JsonOpt,
 ) -> None:
     """Find the review passages closest to TEXT."""
-    from .ranking import Searcher
-    from .request import SearchRequest
-    from .store import open_index
+    from .rank.searcher import Searcher
+    from .rank.request import SearchRequest
+    from .store.index import open_index
 
     with clean_errors(index_dir):
         request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score, section=section)
@@ -230,9 +230,9 @@ def related(
     as_json: bool = JsonOpt,
 ) -> None:
     """Other reviews most similar to what was written about PAPER."""
-    from .related import related_reviews
-    from .request import RelatedRequest
-    from .store import open_index
+    from .rank.related import related_reviews
+    from .rank.request import RelatedRequest
+    from .store.index import open_index
 
     with clean_errors(index_dir):
         request = RelatedRequest.parse(paper, k, group, reviewer, topic_filter, week)
@@ -257,9 +257,9 @@ def seen(
     as_json: bool = JsonOpt,
 ) -> None:
     """Has the group reviewed PAPER? Week, presenter, reviewers and file:line, or the closest titles."""
-    from .ranking import Searcher
-    from .seen import seen as look_up
-    from .store import open_index
+    from .rank.searcher import Searcher
+    from .rank.seen import seen as look_up
+    from .store.index import open_index
 
     with clean_errors(index_dir):
         with open_index(index_dir) as idx:
@@ -306,11 +306,11 @@ def who(
     as_json: bool = JsonOpt,
 ) -> None:
     """Who knows about TEXT: members ranked by their best matching reviews and the papers they presented."""
-    from .people import TOP_ITEMS
-    from .people import who as rank_people
-    from .ranking import Searcher
-    from .request import Filters
-    from .store import open_index
+    from .rank.people import TOP_ITEMS
+    from .rank.people import who as rank_people
+    from .rank.searcher import Searcher
+    from .rank.request import Filters
+    from .store.index import open_index
 
     with clean_errors(index_dir):
         filters = Filters.parse(reviewer, topic, week, section)
@@ -322,7 +322,8 @@ def who(
     if not people:
         typer.echo("nobody: no review matches")
         return
-    from .display import clean, display_path, shorten, week_label
+    from .display import clean, display_path, week_label
+    from .errors import shorten
 
     for i, person in enumerate(people, start=1):
         typer.echo(f"{i:>2}. {clean(person.name)}  {person.score:.2f}  "
@@ -338,7 +339,7 @@ def who(
 @app.command("list")
 def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
     """What the index holds: weeks, papers, presenters, reviewers and passage counts."""
-    from .store import open_index
+    from .store.index import open_index
 
     with clean_errors(index_dir):
         with open_index(index_dir) as idx:
@@ -361,9 +362,9 @@ def eval_(
     as_json: bool = JsonOpt,
 ) -> None:
     """Score ranking on labelled queries: nDCG@10, MRR@10, Recall@5, Hit@1 by query kind."""
-    from .evaluate import evaluate, read_queries
-    from .ranking import Searcher
-    from .store import open_index
+    from .rank.evaluate import evaluate, read_queries
+    from .rank.searcher import Searcher
+    from .store.index import open_index
 
     with clean_errors(index_dir):
         labelled = read_queries(queries)
@@ -395,7 +396,7 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", help="Access token to require (default: $REVIEW_SEARCH_TOKEN; generated when not on loopback)."),
 ) -> None:
     """Serve the search page at /, the JSON API (/search, /related, /papers, /passage, /health) and MCP at /mcp, keeping the index and model loaded."""
-    from .server import is_loopback, log_to_stderr, make_server, resolve_token
+    from .http.server import is_loopback, log_to_stderr, make_server, resolve_token
 
     token, generated = resolve_token(host, token)
     with clean_errors(index_dir):
@@ -421,7 +422,7 @@ def serve(
 @app.command("mcp")
 def mcp_(index_dir: Path = IndexOpt, watch: bool = WatchOpt) -> None:
     """Serve the index to AI assistants over MCP on stdin/stdout (tools: search, related, get_review, list_papers, index_status)."""
-    from .mcp_server import run_stdio
+    from .mcp import run_stdio
     from .service import SearchService
 
     with clean_errors(index_dir):

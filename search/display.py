@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:  # for annotations only: printing an error must not import the search stack
-    from .ranking import Hit
-    from .store import Paper
+    from .rank.searcher import Hit
+    from .store.index import Paper
 
 
 # Escaped wherever text from disk is printed: controls (C0, DEL and the C1 range
@@ -49,11 +49,6 @@ def display_path(path: str) -> str:
     except ValueError:  # another drive on Windows
         rel = path
     return clean(rel if len(rel) < len(path) else path, single_line=True)
-
-
-def shorten(text: str, width: int) -> str:
-    """`text` cut to `width` characters, the cut marked with an ellipsis."""
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def week_label(week: int | None) -> str:
@@ -89,8 +84,6 @@ def render_hits(
         meta.append(f" · {week_label(p.week)}", style="dim")
         where = Text(f"{display_path(p.path)}:{p.line}", style="magenta")
         where.append(f" · presenter {clean(p.presenter, single_line=True) or '?'}", style="dim")
-        if hit.passages > 1:
-            where.append(f" · +{hit.passages - 1} passages", style="dim")
         title = Text(clean(p.topic, single_line=True), style="bold cyan")
         # file:line is what a reader opens, so it is never cut: when the line is too
         # narrow for everything, it moves to a line of its own and the title gets the room.

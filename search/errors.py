@@ -79,3 +79,8 @@ class DiskError(ReviewSearchError):
     """Writing the index failed for lack of space or permission; the previous index is untouched."""
 
     status = 507
+
+
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut marked with an ellipsis: for quoting input in messages."""
+    return text if len(text) <= width else text[: width - 1] + "…"

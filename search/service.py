@@ -28,15 +28,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from . import embedding
-from .embedding import Encoder
+from .model import encoders as embedding
+from .model.protocol import Encoder
 from .errors import NotFound, ReviewSearchError
-from .ranking import Searcher, SearchResult
-from .people import Person, who
-from .related import Related, related_reviews
-from .request import DEFAULT_K, DEPTH, Filters, Mode, RelatedGroup, SearchRequest
-from .seen import SeenResult, seen
-from .store import Paper, StoredPassage, live_generation, open_index
+from .rank.searcher import Searcher, SearchResult
+from .rank.people import Person, who
+from .rank.related import Related, related_reviews
+from .rank.request import DEFAULT_K, DEPTH, Filters, Mode, RelatedGroup, SearchRequest
+from .rank.seen import SeenResult, seen
+from .store.index import Paper, StoredPassage, live_generation, open_index
 
 T = TypeVar("T")
 

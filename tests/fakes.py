@@ -9,7 +9,7 @@ import numpy as np
 
 
 class FakeEncoder:
-    """Implements search.embedding.Encoder; texts sharing trigrams get similar vectors."""
+    """Implements search.model.protocol.Encoder; texts sharing trigrams get similar vectors."""
 
     model_id = "fake/trigram-64"
     dim = 64

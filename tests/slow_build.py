@@ -5,7 +5,7 @@ import time
 
 from fakes import FakeEncoder  # found beside this script, which Python puts first on the path
 
-from search.build import build_index
+from search.indexing.build import build_index
 
 
 class SlowEncoder(FakeEncoder):

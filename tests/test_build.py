@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from search.build import build_index, build_roots, passage_key
+from search.indexing.build import build_index, build_roots, passage_key
 from search.errors import BadRequest
-from search.ranking import Searcher
-from search.request import SearchRequest
-from search.store import open_index, read_settings
+from search.rank.searcher import Searcher
+from search.rank.request import SearchRequest
+from search.store.index import open_index, read_settings
 
 from conftest import CORPUS, SEEDS
 
@@ -145,10 +145,10 @@ def test_no_placeholder_is_ever_indexed(tmp_path: Path, fake_encoder):
 def test_unchanged_passages_reuse_their_terms_without_kiwi(notes: Path, tmp_path: Path, fake_encoder, monkeypatch):
     build_index([notes], tmp_path / "idx", fake_encoder)
     analysed: list[str] = []
-    import search.build
+    import search.indexing.build
 
-    real = search.build.passage_terms
-    monkeypatch.setattr(search.build, "passage_terms", lambda texts: analysed.extend(texts) or real(texts))
+    real = search.indexing.build.passage_terms
+    monkeypatch.setattr(search.indexing.build, "passage_terms", lambda texts: analysed.extend(texts) or real(texts))
     build_index([notes], tmp_path / "idx", fake_encoder)
     assert analysed == []
     f = notes / "week3.md"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from conftest import CORPUS, DEV, DEV2, SEEDS
 
-from search.chunking import chunk_review, is_label
-from search.reader import Review, parse, read_reviews
+from search.notes.chunking import chunk_review, is_label
+from search.notes.reader import Review, parse, read_reviews
 
 
 def words(text: str) -> int:

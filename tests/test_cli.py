@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from search.cli import app
-from search.store import open_index
+from search.store.index import open_index
 
 runner = CliRunner()
 JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
@@ -124,12 +124,12 @@ def test_usage_errors_list_the_choices(built: Path):
 
 
 def test_internal_errors_exit_1_with_one_line(built: Path, monkeypatch):
-    import search.ranking
+    import search.rank.searcher
 
     def broken(self, request):
         raise ValueError("operands could not be broadcast together")
 
-    monkeypatch.setattr(search.ranking.Searcher, "search", broken)
+    monkeypatch.setattr(search.rank.searcher.Searcher, "search", broken)
     result = invoke("query", "x", "--index", built)
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.startswith("error: internal error") and len(result.output.strip().splitlines()) == 1

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from search.build import build_index
+from search.indexing.build import build_index
 from search.cli import app
 from search.errors import DiskError, IndexDamaged
-from search.store import CURRENT, open_index
+from search.store.index import CURRENT, open_index
 
 HERE = Path(__file__).resolve().parent
 runner = CliRunner()
@@ -212,7 +212,7 @@ def test_disk_full_keeps_the_old_index_and_says_so(built: Path, notes: Path, tmp
 
 
 def test_disk_errors_map_to_disk_error():
-    from search.store import _disk_error
+    from search.store.index import _disk_error
 
     assert isinstance(_disk_error(OSError(errno.ENOSPC, "x"), Path("i")), DiskError)
     assert "no space left on device" in str(_disk_error(OSError(errno.ENOSPC, "x"), Path("i")))

@@ -8,8 +8,8 @@ import pytest
 from rich.console import Console
 
 from search.display import clean, display_path, render_hits, render_papers
-from search.ranking import Hit
-from search.store import Paper, StoredPassage
+from search.rank.searcher import Hit
+from search.store.index import Paper, StoredPassage
 
 # Sequences a note or a file name could carry to drive a terminal.
 HOSTILE = {

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from search.cli import app
 from search.errors import BadRequest
-from search.evaluate import LabelledQuery, Report, read_queries, score_query
-from search.request import Mode
+from search.rank.evaluate import LabelledQuery, Report, read_queries, score_query
+from search.rank.request import Mode
 
 from conftest import CORPUS
 

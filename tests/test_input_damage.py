@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from search.build import build_index
+from search.indexing.build import build_index
 from search.errors import BadRequest
-from search.reader import MAX_NUMBER, parse, read_reviews, week_from_name
-from search.store import open_index
+from search.notes.reader import MAX_NUMBER, parse, read_reviews, week_from_name
+from search.store.index import open_index
 
 from conftest import ROOT, SAMPLE_WEEK
 from fakes import FakeEncoder
@@ -182,12 +182,12 @@ def test_real_permissions_as_an_unprivileged_user(restore_permissions, tmp_path)
         locked.chmod(0)
         (notes / "noexec").chmod(0o444)
         as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", shutil.which("python3") or sys.executable]
-        probe = subprocess.run([*as_nobody, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import search.reader", str(ROOT)],
+        probe = subprocess.run([*as_nobody, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import search.notes.reader", str(ROOT)],
                                capture_output=True, text=True, timeout=60, cwd="/")
         if probe.returncode != 0:
             pytest.skip(f"cannot import the reader as nobody here: {probe.stderr.strip().splitlines()[-1:]}")
         script = (
-            "import json, sys; sys.path.insert(0, sys.argv[1]); from search.reader import read_reviews; "
+            "import json, sys; sys.path.insert(0, sys.argv[1]); from search.notes.reader import read_reviews; "
             "r = read_reviews([sys.argv[2]]); print(json.dumps([r.files, r.unreadable_dirs, [str(p) for p in r.problems]]))"
         )
         run = subprocess.run([*as_nobody, "-c", script, str(ROOT), str(notes)], capture_output=True, text=True, timeout=60, cwd="/")
@@ -236,7 +236,7 @@ def test_special_files_are_named_and_never_opened(notes: Path, monkeypatch):
 
 
 def test_a_note_swapped_for_a_fifo_after_listing_does_not_block(notes: Path, monkeypatch):
-    from search import reader
+    from search.notes import reader
 
     real_find = reader.find_note_files
 

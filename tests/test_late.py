@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from fakes import FakeEncoder
-from search import late
-from search.build import build_index
+from search.rank import late
+from search.model import tokens as token_rules
+from search.store import tokens as token_store
+from search.indexing.build import build_index
 from search.errors import IndexDamaged
-from search.ranking import RRF_K, Searcher
-from search.request import DEFAULT_MODE, Mode, SearchRequest
-from search.store import TOKENS, open_index
+from search.rank.searcher import RRF_K, Searcher
+from search.rank.request import DEFAULT_MODE, Mode, SearchRequest
+from search.store.index import TOKENS, open_index
 
 
 def token_like(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
@@ -26,7 +28,7 @@ def token_like(n: int, dim: int = 384, seed: int = 0) -> np.ndarray:
     shared, topics = shape.normal(size=dim), shape.normal(size=(40, dim))
     rng = np.random.default_rng(1000 + seed)
     x = 3 * shared + rng.normal(size=(n, 40)) @ topics * 0.5 + rng.normal(size=(n, dim)) * 0.3
-    return late.unit_rows(x)
+    return token_rules.unit_rows(x)
 
 
 def test_maxsim_is_mean_of_best_cosines():
@@ -40,16 +42,16 @@ def test_maxsim_is_mean_of_best_cosines():
 
 def test_keep_mask_drops_specials_prefix_and_punctuation():
     pieces = ["<s>", "\u2581passage", ":", "\u2581whisper", ",", "\u2581해결", "\u2581", "!", "</s>"]
-    assert late.keep_mask(pieces, 2, "all").all()
-    assert late.keep_mask(pieces, 2, "nospecial").tolist() == [False] + [True] * 7 + [False]
-    assert [p for p, k in zip(pieces, late.keep_mask(pieces, 2, "nopunct")) if k] == ["\u2581whisper", "\u2581해결"]
-    assert late.keep_mask(["<s>", "!", "</s>"], 0).all()  # nothing left: keep everything rather than nothing
+    assert token_rules.keep_mask(pieces, 2, "all").all()
+    assert token_rules.keep_mask(pieces, 2, "nospecial").tolist() == [False] + [True] * 7 + [False]
+    assert [p for p, k in zip(pieces, token_rules.keep_mask(pieces, 2, "nopunct")) if k] == ["\u2581whisper", "\u2581해결"]
+    assert token_rules.keep_mask(["<s>", "!", "</s>"], 0).all()  # nothing left: keep everything rather than nothing
 
 
 @pytest.mark.parametrize("bits,floor", [(8, 0.98), (4, 0.93)])
 def test_codec_round_trip_keeps_cosines(bits, floor):
     fit, held_out = token_like(3000), token_like(300, seed=1)  # same distribution, other tokens
-    codec = late.TokenCodec.fit(fit, dim=256, bits=bits)
+    codec = token_store.TokenCodec.fit(fit, dim=256, bits=bits)
     decoded = codec.decode(codec.encode(held_out))
     assert decoded.shape == held_out.shape
     assert np.allclose(np.linalg.norm(decoded, axis=1), 1, atol=1e-4)
@@ -61,14 +63,14 @@ def test_codec_round_trip_keeps_cosines(bits, floor):
 
 @pytest.mark.parametrize("bits,dim", [(4, 256), (4, 255), (8, 256), (8, 101)])
 def test_cosines_from_codes_equal_cosines_with_decoded_tokens(bits, dim):
-    codec = late.TokenCodec.fit(token_like(1000), dim=dim, bits=bits)
+    codec = token_store.TokenCodec.fit(token_like(1000), dim=dim, bits=bits)
     enc = codec.encode(token_like(40, seed=3))
     query = token_like(7, seed=4)
     assert np.allclose(codec.cosines(query, enc)[0], query @ codec.decode(enc).T, atol=1e-5)
 
 
 def test_default_codec_fits_the_storage_budget():
-    codec = late.TokenCodec.fit(token_like(2000))
+    codec = token_store.TokenCodec.fit(token_like(2000))
     # 120 tokens: the mean per passage on the larger labelled set before special,
     # prefix and punctuation tokens are dropped (about 104 are stored).
     encoded = codec.encode(token_like(120, seed=2))
@@ -77,17 +79,17 @@ def test_default_codec_fits_the_storage_budget():
 
 
 def test_codec_fitted_on_few_tokens_still_has_full_dimension():
-    codec = late.TokenCodec.fit(token_like(10), dim=64)
+    codec = token_store.TokenCodec.fit(token_like(10), dim=64)
     assert codec.basis.shape == (64, 384)
     assert np.allclose(codec.basis @ codec.basis.T, np.eye(64), atol=1e-4)
 
 
 def test_token_store_saves_without_pickle_and_loads(tmp_path: Path):
-    codec = late.TokenCodec.fit(token_like(500))
+    codec = token_store.TokenCodec.fit(token_like(500))
     passages = [token_like(n, seed=n) for n in (3, 7, 1)]
-    store = late.TokenStore.from_encoded(codec, 500, [codec.encode(p) for p in passages])
+    store = token_store.TokenStore.from_encoded(codec, 500, [codec.encode(p) for p in passages])
     store.save(tmp_path / "t")
-    loaded = late.TokenStore.load(tmp_path / "t")
+    loaded = token_store.TokenStore.load(tmp_path / "t")
     assert len(loaded) == 3 and loaded.total_tokens == 11 and loaded.fitted_tokens == 500
     for row, p in enumerate(passages):
         assert np.allclose(loaded.states(row), store.states(row))
@@ -133,7 +135,7 @@ def test_index_that_doubles_refits_the_codec_and_reencodes_everything(notes: Pat
 def test_damaged_token_file_is_a_one_line_error(notes: Path, tmp_path: Path, fake_encoder):
     build_index([notes], tmp_path / "idx", fake_encoder)
     with open_index(tmp_path / "idx") as idx:
-        (idx.folder / TOKENS / late.OFFSETS).write_bytes(b"junk")
+        (idx.folder / TOKENS / token_store.OFFSETS).write_bytes(b"junk")
         with pytest.raises(IndexDamaged, match="tokens is damaged"):
             Searcher(idx, fake_encoder).search(SearchRequest("LoRA low-rank"))
 
@@ -144,13 +146,13 @@ def test_token_store_that_parses_but_is_wrong_is_damage_not_an_internal_error(no
     with open_index(tmp_path / "idx") as idx:
         folder = idx.folder / TOKENS
         if damage == "empty passage":
-            offsets = np.load(folder / late.OFFSETS)
+            offsets = np.load(folder / token_store.OFFSETS)
             offsets[1] = offsets[0]
-            np.save(folder / late.OFFSETS, offsets)
+            np.save(folder / token_store.OFFSETS, offsets)
         elif damage == "codec settings not an object":
-            (folder / late.INFO).write_text("[]", encoding="utf-8")
+            (folder / token_store.INFO).write_text("[]", encoding="utf-8")
         else:
-            np.save(folder / late.CODES, np.load(folder / late.CODES)[:, :-1])
+            np.save(folder / token_store.CODES, np.load(folder / token_store.CODES)[:, :-1])
         with pytest.raises(IndexDamaged, match="tokens is damaged"):
             Searcher(idx, fake_encoder).search(SearchRequest.parse("LoRA low-rank"))
 
@@ -193,9 +195,9 @@ def test_late_mode_respects_filters(notes: Path, tmp_path: Path, fake_encoder):
 
 
 def test_late_scores_equal_maxsim_over_decoded_tokens():
-    codec = late.TokenCodec.fit(token_like(800))
+    codec = token_store.TokenCodec.fit(token_like(800))
     passages = [token_like(n, seed=n) for n in (5, 9, 2, 7, 4)]
-    store = late.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
+    store = token_store.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
     query = token_like(6, seed=99)
     # papers: {reviews [0, 2] and [3]}, {review [1, 4]}
     ms = late.late_scores(query, store, [[[0, 2], [3]], [[1, 4]]])
@@ -269,8 +271,8 @@ def test_paper_bm25_ranking_respects_filters(corpus_index: Path, fake_encoder, m
 
 
 def test_store_works_out_each_token_length_once():
-    codec = late.TokenCodec.fit(token_like(800))
-    store = late.TokenStore.from_encoded(codec, 800, [codec.encode(token_like(n, seed=n)) for n in (5, 9, 2, 7)])
+    codec = token_store.TokenCodec.fit(token_like(800))
+    store = token_store.TokenStore.from_encoded(codec, 800, [codec.encode(token_like(n, seed=n)) for n in (5, 9, 2, 7)])
     query = token_like(6, seed=99)
     store.cosines(query, [3, 1])
     span = slice(store.offsets[3], store.offsets[4])
@@ -298,7 +300,7 @@ def test_late_query_runs_the_model_once(corpus_index: Path, min_score):
 
 def test_large_index_scores_a_pool_from_dense_and_bm25(corpus_index: Path, monkeypatch):
     """Over LATE_POOL passages MaxSim scores only the head of dense and BM25 fused (here: a pool of 3)."""
-    from search import ranking
+    from search.rank import searcher as ranking
 
     monkeypatch.setattr(ranking, "LATE_POOL", 3)
     encoder = FakeEncoder()

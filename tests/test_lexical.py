@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from conftest import CORPUS, DEV, DEV2, SEEDS
 
-from search.lexical import LexicalIndex, QuerySegmenter, passage_terms, query_terms
-from search.reader import read_reviews
+from search.store.bm25 import LexicalIndex, QuerySegmenter, passage_terms, query_terms
+from search.notes.reader import read_reviews
 
 
 def test_passage_terms_strip_particles_and_keep_english_whole():

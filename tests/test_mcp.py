@@ -18,8 +18,8 @@ from mcp.client.stdio import StdioServerParameters
 
 from conftest import ROOT, SAMPLE_WEEK
 from fakes import FakeEncoder
-from search.build import build_index
-from search.mcp_server import build_server, mcp_asgi
+from search.indexing.build import build_index
+from search.mcp import build_server, mcp_asgi
 from search.service import SearchService
 
 TOOLS = {"search", "related", "seen", "who", "get_review", "list_papers", "index_status"}
@@ -250,7 +250,7 @@ def test_stdio_with_the_real_model(e5_encoder, e5_model_dir, tmp_path):
 
 def test_answers_follow_a_watched_folder_without_restart(notes: Path, tmp_path: Path):
     """mcp --watch in one process: the watcher rebuilds, the next tool call sees the new generation."""
-    from search.watch import watch_in_thread
+    from search.indexing.watch import watch_in_thread
 
     index = tmp_path / "index"
     build_index([notes], index, FakeEncoder())

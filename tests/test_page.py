@@ -24,8 +24,8 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
-from search.build import build_index  # noqa: E402
-from search.server import make_server  # noqa: E402
+from search.indexing.build import build_index  # noqa: E402
+from search.http.server import make_server  # noqa: E402
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

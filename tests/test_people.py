@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from search.build import build_index
+from search.indexing.build import build_index
 from search.cli import app
-from search.people import TOP_ITEMS, who
-from search.ranking import Searcher
-from search.reader import read_reviews
-from search.request import Filters
-from search.store import open_index
+from search.rank.people import TOP_ITEMS, who
+from search.rank.searcher import Searcher
+from search.notes.reader import read_reviews
+from search.rank.request import Filters
+from search.store.index import open_index
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 

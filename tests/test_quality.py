@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from search.build import build_index
-from search.evaluate import evaluate, read_queries
-from search.ranking import Searcher
-from search.request import SearchRequest
-from search.store import open_index
+from search.indexing.build import build_index
+from search.rank.evaluate import evaluate, read_queries
+from search.rank.searcher import Searcher
+from search.rank.request import SearchRequest
+from search.store.index import open_index
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 MARGIN = 0.02

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search.errors import BadRequest
-from search.ranking import ModelMismatch, Searcher, rrf
-from search.request import Mode, SearchRequest
-from search.store import open_index
+from search.rank.searcher import ModelMismatch, Searcher, rrf
+from search.rank.request import Mode, SearchRequest
+from search.store.index import open_index
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from search import reader
+from search.notes import reader
 from search.errors import BadRequest
-from search.reader import parse, read_reviews, week_from_name
+from search.notes.reader import parse, read_reviews, week_from_name
 
 
 def parse_text(text: str, name: str = "week3.md"):

@@ -9,10 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from search.cli import app
-from search.request import Filters
-from search.related import AmbiguousTopic, TopicNotFound, match_topic, related_reviews
-from search.titles import initials
-from search.store import open_index
+from search.rank.request import Filters
+from search.rank.related import AmbiguousTopic, TopicNotFound, match_topic, related_reviews
+from search.notes.titles import initials
+from search.store.index import open_index
 
 TITLES = [
     "BERT: Pre-training of Deep Bidirectional Transformers for Language Understanding",

@@ -11,10 +11,10 @@ from mcp.client import Client
 from typer.main import get_command
 
 from search.cli import app
-from search.mcp_server import build_server
+from search.mcp import build_server
 from search.errors import BadRequest
-from search.request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, Filters, Group, SearchRequest
-from search.server import parse_search
+from search.rank.request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, Filters, Group, SearchRequest
+from search.http.params import parse_search
 from search.service import SearchService
 
 

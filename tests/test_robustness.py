@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.build import build_index
-from search.chunking import chunk_review
-from search.ranking import Searcher
-from search.reader import PLACEHOLDER, parse
+from search.indexing.build import build_index
+from search.notes.chunking import chunk_review
+from search.rank.searcher import Searcher
+from search.notes.reader import PLACEHOLDER, parse
 from search.errors import IndexBusy
-from search.request import SearchRequest
-from search.store import open_index
+from search.rank.request import SearchRequest
+from search.store.index import open_index
 
 from fakes import FakeEncoder
 

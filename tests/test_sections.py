@@ -9,15 +9,15 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from search.build import build_index
-from search.chunking import chunk_review
+from search.indexing.build import build_index
+from search.notes.chunking import chunk_review
 from search.cli import app
 from search.errors import BadRequest
-from search.ranking import Searcher
-from search.reader import read_reviews
-from search.request import Filters, SearchRequest
-from search.sections import Section, classify_label, parse_section
-from search.store import open_index
+from search.rank.searcher import Searcher
+from search.notes.reader import read_reviews
+from search.rank.request import Filters, SearchRequest
+from search.notes.sections import Section, classify_label, parse_section
+from search.store.index import open_index
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
@@ -185,7 +185,7 @@ def test_cli_query_section(sectioned_index: Path, fake_model):
 
 
 def test_http_search_takes_section():
-    from search.server import parse_search
+    from search.http.params import parse_search
 
     assert parse_search({"q": "x", "section": "한계"}).filters.section is Section.LIMITATIONS
     assert parse_search({"q": "x", "section": ""}).filters.section is None

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from search.build import build_index
+from search.indexing.build import build_index
 from search.cli import app
-from search.seen import find_identifiers, parse_identifier, seen
-from search.store import open_index
+from search.rank.seen import find_identifiers, parse_identifier, seen
+from search.store.index import open_index
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 CALM = "Calm-Whisper: Reduce Whisper Hallucination On Non-Speech By Calming Crazy Heads Down"

@@ -15,19 +15,17 @@ from urllib.parse import urlencode
 import pytest
 from typer.testing import CliRunner
 
-from search import ranking
+from search.rank import searcher as ranking
 from conftest import SAMPLE_WEEK
 from fakes import FakeEncoder
-from search.build import build_index
+from search.indexing.build import build_index
 from search.cli import app
 from search.errors import NoIndex
-from search.ranking import Searcher
-from search.request import DEFAULT_MODE, Filters, SearchRequest
+from search.rank.searcher import Searcher
+from search.rank.request import DEFAULT_MODE, Filters, SearchRequest
 from search.service import SearchService
-from search.server import (
-    TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token,
-)
-from search.store import open_index
+from search.http.server import TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token
+from search.store.index import open_index
 
 JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
 
@@ -453,7 +451,7 @@ def test_idle_connections_hold_no_slot(server):
 def test_requests_beyond_the_limit_in_progress_are_turned_away():
     import asyncio
 
-    from search.server import InFlightLimit
+    from search.http.server import InFlightLimit
 
     release = asyncio.Event()
     started: list[int] = []
@@ -534,7 +532,7 @@ def test_a_slow_search_does_not_hold_up_the_event_loop(server, monkeypatch):
 
 
 def test_mcp_is_mounted_behind_the_same_guard(idx: Path, fake_encoder):
-    """/mcp (search/mcp_server.py) answers the SDK's client with the token and refuses without it."""
+    """/mcp (search/mcp.py) answers the SDK's client with the token and refuses without it."""
     import asyncio
 
     import httpx2
@@ -653,7 +651,7 @@ def test_static_files_and_security_headers(server):
     code, headers, _ = call(server, "/", headers=HTML)
     assert "default-src 'self'" in headers["content-security-policy"]
     assert headers["x-content-type-options"] == "nosniff" and headers["referrer-policy"] == "no-referrer"
-    assert call(server, "/static/../search/server.py")[0] == 404
+    assert call(server, "/static/../search/http/server.py")[0] == 404
 
 
 def test_replies_on_a_kept_alive_connection_are_not_held_back(server: SearchServer):
@@ -708,7 +706,7 @@ def test_page_labels_an_unknown_week_once_and_papers_look_like_links(tmp_path: P
         _, _, papers = call(srv, "/papers", headers=HTML)
     assert "<dt>주차</dt><dd>?</dd>" in page and "주차 ?" not in page and "주차 주차" not in papers
     assert "문단 더 일치" not in page
-    css = (Path(__file__).parent.parent / "search/web/static/style.css").read_text(encoding="utf-8")
+    css = (Path(__file__).parent.parent / "search/http/static/style.css").read_text(encoding="utf-8")
     assert ".papers .title a { color: var(--accent)" in css
 
 
@@ -721,7 +719,7 @@ def test_page_shows_bidi_and_control_characters_as_escapes(tmp_path: Path, fake_
     for srv in running(make_server(tmp_path / "idx", "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
         pages = [call(srv, path, headers=HTML)[2] for path in ("/?q=%EC%95%84%EC%89%AC%EC%9B%A0%EB%8B%A4", "/papers", "/related?paper=LoRA")]
         reviewer_filter = call(srv, "/search?" + urlencode({"q": "아쉬웠다", "reviewer": "이영\u202e희"}))
-        _, _, review = call(srv, "/passage?" + urlencode({"file": f"week31\u202egnp.md", "line": 13}), headers=HTML)
+        _, _, review = call(srv, "/passage?" + urlencode({"file": "week31\u202egnp.md", "line": 13}), headers=HTML)
     for page in [*pages, review]:
         assert not {"\u202e", "\x1b", "\u2067"} & set(page)
     assert "week31\\u202egnp.md" in pages[0] and "이영\\u202e희" in pages[0]

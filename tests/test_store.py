@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from search.build import build_index
+from search.indexing.build import build_index
 from search.errors import IndexBusy, IndexDamaged, NoIndex
-from search.lexical import GROUPS_FILE
-from search.store import CURRENT, PAPER_LEXICAL, Writer, faiss_index_for, open_index
+from search.store.bm25 import GROUPS_FILE
+from search.store.index import CURRENT, PAPER_LEXICAL, Writer, faiss_index_for, open_index
 
 
 def test_open_missing_index_says_there_is_none(tmp_path: Path):
@@ -114,7 +114,7 @@ def test_format_version_mismatch_is_an_error(notes: Path, tmp_path: Path, fake_e
 
 
 def test_large_collections_switch_to_hnsw(monkeypatch):
-    import search.store as store
+    import search.store.index as store
 
     vectors = np.random.default_rng(0).standard_normal((50, 8)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.titles import initials, match_titles, normalise_title, short_name
+from search.notes.titles import initials, match_titles, normalise_title, short_name
 
 TITLES = [
     "Calm-Whisper: Reduce Whisper Hallucination On Non-Speech By Calming Crazy Heads Down",

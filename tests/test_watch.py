@@ -12,12 +12,12 @@ import pytest
 
 from conftest import SAMPLE_WEEK
 from fakes import FakeEncoder
-from search.build import BuildSummary
+from search.indexing.build import BuildSummary
 from search.errors import BadRequest
-from search.request import SearchRequest
+from search.rank.request import SearchRequest
 from search.service import SearchService
-from search.store import Writer
-from search.watch import watch_in_thread, watch_index
+from search.store.index import Writer
+from search.indexing.watch import watch_in_thread, watch_index
 
 WAIT = 20.0  # seconds any one change may take to show up in search results
 

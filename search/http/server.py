@@ -11,9 +11,9 @@ paid for once.
     GET /passage?file=...&line=N
         the review covering that line, whole, with its metadata
     GET /health       {"status": "ok", "passages": N, "model": ..., "index": <generation>, ...}
-    GET /             the search page (search/web); /papers, /related and /passage
+    GET /             the search page (pages.py); /papers, /related and /passage
                       answer in HTML when the browser asks for it (Accept: text/html)
-    /mcp              MCP's streamable HTTP (search/mcp_server.py)
+    /mcp              MCP's streamable HTTP (search/mcp.py)
 
 Errors are {"error": "..."} with the status of the library's error family
 (400 bad input, 404 unknown paper or passage, 503 no index...); anything
@@ -38,9 +38,8 @@ import re
 import secrets
 import socket
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import Any, Callable
 from urllib.parse import parse_qsl, urlencode
 
 import h11
@@ -49,27 +48,19 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from .embedding import Encoder
-from .errors import BadRequest, ReviewSearchError
-from .mcp_server import mcp_asgi
-from .request import RelatedRequest, SearchRequest
-from .service import SearchService
-from .store import review_dict
-
-if TYPE_CHECKING:
-    from .web import Pages
-
-log = logging.getLogger("uvicorn.error")
-
-SEARCH_PARAMS = ("q", "k", "mode", "group", "reviewer", "topic", "week", "min_score", "section")
-RELATED_PARAMS = ("paper", "k", "group", "reviewer", "topic", "week")
-PASSAGE_PARAMS = ("file", "line")
-MAX_LINE = 10_000_000  # no note has more lines than this; bounds what reaches SQLite
+from ..errors import ReviewSearchError
+from ..mcp import mcp_asgi
+from ..model.protocol import Encoder
+from ..service import SearchService
+from ..store.index import review_dict
+from .pages import Pages
+from .params import (PASSAGE_PARAMS, RELATED_PARAMS, SEARCH_PARAMS, _json, answer, parse_passage, parse_related, parse_search,
+                     query_params, wants_html)
 
 TOKEN_ENV = "REVIEW_SEARCH_TOKEN"
 TOKEN_COOKIE = "review_search_token"
@@ -135,19 +126,6 @@ def resolve_token(host: str, given: str | None) -> tuple[str | None, bool]:
     if token is not None or is_loopback(host):
         return token, False
     return secrets.token_urlsafe(24), True
-
-
-class _JSON(JSONResponse):
-    media_type = "application/json; charset=utf-8"  # Starlette adds the charset to text/* only
-
-
-def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> JSONResponse:
-    return _JSON(payload, status_code=status, headers=headers)
-
-
-def wants_html(request: Request) -> bool:
-    """Whether the client is a browser asking for a page rather than a program asking for JSON."""
-    return "text/html" in request.headers.get("accept", "")
 
 
 class InFlightLimit:
@@ -235,73 +213,7 @@ class Guard:
         await self.app(scope, receive, send_with_headers)
 
 
-def query_params(request: Request, allowed: tuple[str, ...]) -> dict[str, str]:
-    """The request's query parameters; unknown or repeated ones raise BadRequest."""
-    try:
-        pairs = parse_qsl(request.url.query, keep_blank_values=True, max_num_fields=max(len(allowed), 1) * 2)
-    except ValueError:
-        raise BadRequest("too many parameters") from None
-    params: dict[str, str] = {}
-    for name, value in pairs:
-        if name not in allowed:
-            raise BadRequest(f"unknown parameter {name!r}; {request.url.path} takes {', '.join(allowed)}")
-        if name in params:
-            raise BadRequest(f"parameter {name!r} given more than once")
-        params[name] = value
-    return params
-
-
-def parse_search(params: dict[str, str]) -> SearchRequest:
-    """The search request of /search (and the page) parameters; raises BadRequest."""
-    return SearchRequest.parse(
-        params.get("q"), k=params.get("k"), mode=params.get("mode"), group=params.get("group"),
-        reviewer=params.get("reviewer"), topic=params.get("topic"), week=params.get("week"),
-        min_score=params.get("min_score"), section=params.get("section"),
-    )
-
-
-def parse_related(params: dict[str, str]) -> RelatedRequest:
-    """The lookup of a /related request (and its page); raises BadRequest."""
-    return RelatedRequest.parse(params.get("paper"), params.get("k"), params.get("group"), params.get("reviewer"),
-                                params.get("topic"), params.get("week"))
-
-
-def parse_passage(params: dict[str, str]) -> tuple[str, int]:
-    """(file, line) of a /passage request; raises BadRequest."""
-    file = (params.get("file") or "").strip()
-    if not file:
-        raise BadRequest("file is empty; give the file (or path) and line a hit shows")
-    line = (params.get("line") or "").strip() or "1"
-    if not (line.isascii() and line.isdigit() and len(line) <= 12 and 1 <= int(line) <= MAX_LINE):
-        raise BadRequest(f"line takes a whole number from 1 to {MAX_LINE}, not {params.get('line')!r}")
-    return file, int(line)
-
-
-Handler = Callable[[Request], Awaitable[Response]]
-
-
-def answer(endpoint: Handler, page: Callable[[Request, int, str], Response] | None = None) -> Handler:
-    """Wrap an endpoint: library errors become their status with the message, anything else a logged 500.
-
-    `page` renders errors for browsers (the HTML routes); everything else gets JSON.
-    """
-
-    async def run(request: Request) -> Response:
-        try:
-            return await endpoint(request)
-        except ReviewSearchError as e:
-            status, message = e.status, str(e)
-        except Exception:
-            log.exception("internal error on %s %s", request.method, request.url.path)
-            status, message = 500, "internal error; the server log has the details"
-        if page is not None and wants_html(request):
-            return page(request, status, message)
-        return _json(status, {"error": message})
-
-    return run
-
-
-def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
+def api_routes(service: SearchService, pages: Pages) -> list[Route]:
     """The JSON API; /papers, /related and /passage hand browsers to `pages`, the HTML side."""
 
     async def call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -346,7 +258,6 @@ def api_routes(service: SearchService, pages: "Pages") -> list[Route]:
 
 def create_app(service: SearchService, *, host: str, token: str | None) -> ASGIApp:
     """The whole server as one ASGI app for `host`: page, API, static files and /mcp, all behind `Guard`."""
-    from .web import Pages  # here, because search.web builds on this module
 
     pages = Pages(service)
 
@@ -358,7 +269,7 @@ def create_app(service: SearchService, *, host: str, token: str | None) -> ASGIA
             return pages.error(request, exc.status_code, message)
         return _json(exc.status_code, {"error": message}, getattr(exc, "headers", None))
 
-    # /mcp: MCP's streamable HTTP (search/mcp_server.py), behind the same Guard as the rest;
+    # /mcp: MCP's streamable HTTP (search/mcp.py), behind the same Guard as the rest;
     # its session manager runs for the app's life.
     mcp = mcp_asgi(service, host=host)
     routes = [*pages.routes(), *api_routes(service, pages), Route("/mcp", endpoint=mcp.app, methods=["GET", "POST", "DELETE"])]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from .ranking import Hit, Searcher
+from .searcher import Hit, Searcher
 from .request import DEPTH, Filters, Group, Mode, SearchRequest
 
 TOP_ITEMS = 3  # items summed per person

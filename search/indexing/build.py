@@ -22,13 +22,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .chunking import Passage, chunk_review
-from .embedding import Encoder, Progress
-from .errors import BadRequest, IndexDamaged
-from .lexical import LexicalIndex, passage_terms
-from .reader import Problem, ReadResult, read_reviews
-from .late import TokenStore, build_store
-from .store import NORM_TOLERANCE, TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
+from ..notes.chunking import Passage, chunk_review
+from ..model.protocol import Encoder, Progress
+from ..errors import BadRequest, IndexDamaged
+from ..store.bm25 import LexicalIndex, passage_terms
+from ..notes.reader import Problem, ReadResult, read_reviews
+from ..store.tokens import TokenStore, build_store
+from ..store.index import NORM_TOLERANCE, TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
 
 DEFAULT_ROOTS = ["seeds"]
 # A build that would drop more than this share of the index's passages because

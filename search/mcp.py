@@ -39,10 +39,10 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp
 
 from .errors import ReviewSearchError
-from .ranking import Hit
-from .request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, RelatedRequest, SearchRequest
+from .rank.searcher import Hit
+from .rank.request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, RelatedRequest, SearchRequest
 from .service import SearchService
-from .store import StoredPassage, review_dict
+from .store.index import StoredPassage, review_dict
 
 INSTRUCTIONS = (
     "Semantic search over a study group's weekly paper-review notes (mostly Korean, with English terms). "

@@ -13,8 +13,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import BadRequest
-from .ranking import Searcher
+from ..errors import BadRequest
+from .searcher import Searcher
 from .request import DEFAULT_MODE, Group, Mode, SearchRequest
 
 CUTOFF = 10

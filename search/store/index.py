@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
-from .lexical import LexicalIndex
-from .reader import ReviewInfo
+from ..errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
+from .bm25 import LexicalIndex
+from ..notes.reader import ReviewInfo
 
 if TYPE_CHECKING:
-    from .late import TokenStore
+    from .tokens import TokenStore
 
 FORMAT_VERSION = 5  # 3 added checksums and settings.json, 4 the passages' section kinds, 5 paper_lexical/
 CURRENT = "CURRENT"
@@ -50,7 +50,7 @@ VECTORS = "dense.faiss"
 PASSAGES = "passages.sqlite"
 LEXICAL = "lexical"
 PAPER_LEXICAL = "paper_lexical"  # BM25 with one document per paper (its reviews' passages), scored per row
-TOKENS = "tokens"  # per-token states for late interaction (search/late.py)
+TOKENS = "tokens"  # per-token states for late interaction (store/tokens.py)
 LOCK = ".lock"
 _TMP_PREFIX = ".tmp-"
 _GEN_PREFIX = "gen-"
@@ -251,7 +251,7 @@ class Index:
     def tokens(self):
         """The compressed token states (late.TokenStore), loaded on first use."""
         if self._tokens is None:
-            from .late import TokenStore
+            from .tokens import TokenStore
 
             try:
                 store = TokenStore.load(self.folder / TOKENS)

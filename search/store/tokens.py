@@ -1,11 +1,4 @@
-"""Late interaction: score a passage by MaxSim over e5 token states, stored compactly.
-
-MaxSim (ColBERT's late interaction): for each query token, the best cosine
-against the passage's tokens, averaged over the query tokens. Token states are
-the last hidden layer of the same model that makes the passage vectors, read
-with the model's `query: ` / `passage: ` prefixes. The special tokens, the
-prefix and pure punctuation carry no topic and are dropped on both sides
-(README, "Retrieval quality", has the measurements).
+"""Token states stored compactly, for MaxSim (rank/late.py).
 
 Storage: 384 float32 numbers per token would be ~180 KB per passage. The codec
 centres the token states on a mean, projects them on the top `dim` principal
@@ -19,84 +12,18 @@ again with the model and re-encoded.
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-TOKEN_RULE = "nopunct"
-# The MaxSim ranking counts this many times the BM25 ranking in the fusion (RRF,
-# k = 60). Replayed with the tokens as stored (codec), `bench/late_interaction.py
-# --only ideas`, nDCG@10 all for x1 / 1.5 / 2 / 2.5 / 3 / 4 / 5 / 8: dev-corpus
-# 0.946 / 0.949 / 0.951 / 0.954 / 0.954 / 0.957 / 0.957 / 0.957; dev-corpus-2
-# 0.820 / 0.834 / 0.830 / 0.840 / 0.843 / 0.844 / 0.839 / 0.832 (paraphrase
-# 0.654 at x2, 0.740 at x4). Each set alone picks x4, which raises the other.
-# (x2 had been chosen on float32 tokens, where x2 and x3 tied.)
-MAXSIM_WEIGHT = 4.0
-# A third ranking: MaxSim against all tokens of the paper's reviews (a review
-# inherits its paper's score; its own MaxSim breaks ties). Reviewers of one
-# paper describe the same method in different words, so a paraphrase one
-# review misses may land in another's. `bench/late_interaction.py --only
-# ideas2`, nDCG@10 all for x0 / 0.25 / 0.5 / 1: dev-corpus 0.957 / 0.958 /
-# 0.958 / 0.958; dev-corpus-2 0.844 / 0.848 / 0.849 / 0.845 (paraphrase 0.740
-# / 0.753 / 0.754 / 0.735). Chosen on dev-corpus-2; dev-corpus ties (3 queries
-# better, none worse).
-PAPER_WEIGHT = 0.5
-# A fourth ranking, the lexical side of the third: BM25 with all of a paper's
-# passages as one document (store.PAPER_LEXICAL), a row inheriting its paper's
-# score, its passage's BM25 breaking ties. It lifts the reviews of a paper whose
-# other reviews use the query's words. On top of PAPER_WEIGHT, `bench/
-# late_interaction.py --only ideas2` (idea 5; README "Ideas II"), nDCG@10 all
-# for x0 / 0.125 / 0.25 / 0.5 / 1: dev-corpus 0.958 / 0.958 / 0.958 / 0.958 /
-# 0.955; dev-corpus-2 0.849 / 0.852 / 0.853 / 0.851 / 0.850 (paraphrase 0.754 /
-# 0.754 / 0.757 / 0.746 / 0.714). Chosen on dev-corpus-2 (6 queries better,
-# none worse); dev-corpus is unchanged. dev-corpus alone picks x0.5 (one query
-# better), which confirms on dev-corpus-2 (0.851) but drops its paraphrase
-# queries below 0.75.
-PAPER_LEXICAL_WEIGHT = 0.25
+from ..model.tokens import TOKEN_RULE, unit_rows
+
 CODEC_DIM = 256  # principal directions kept; README "Token storage" has the bytes/quality table
 SCORE_SLICE = 2048  # tokens per product in TokenCodec.cosines: 2 MB of planes, about one core's L2
 CODEC_BITS = 4
 
-
-def unit_rows(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (zero rows stay zero)."""
-    x = np.asarray(x, dtype=np.float32)
-    n = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(n > 0, n, 1.0)
-
-
-def maxsim(query: np.ndarray, passage: np.ndarray) -> float:
-    """Mean over query tokens of the best cosine against the passage's tokens (unit rows in, both)."""
-    if not len(query) or not len(passage):
-        return 0.0
-    return float((query @ passage.T).max(axis=1).mean())
-
-
-def is_punctuation(piece: str) -> bool:
-    """A SentencePiece token made only of the word marker, punctuation and symbols."""
-    core = piece.replace("\u2581", "")
-    return not core or all(unicodedata.category(c)[0] in "PS" for c in core)
-
-
-def keep_mask(pieces: list[str], prefix_tokens: int, rule: str = TOKEN_RULE) -> np.ndarray:
-    """Token positions that count: `pieces` are the tokens of `<s> prefix text </s>`.
-
-    Rules, cumulative: all; nospecial (drop <s>, </s>); noprefix (and the
-    prefix's tokens); nopunct (and punctuation-only tokens). A text that would
-    keep nothing keeps everything.
-    """
-    keep = np.ones(len(pieces), bool)
-    if rule == "all" or len(pieces) < 2:
-        return keep
-    keep[0] = keep[-1] = False
-    if rule in ("noprefix", "nopunct"):
-        keep[1 : 1 + prefix_tokens] = False
-    if rule == "nopunct":
-        keep &= ~np.array([is_punctuation(p) for p in pieces])
-    return keep if keep.any() else np.ones(len(pieces), bool)
 
 
 @dataclass(frozen=True)
@@ -316,49 +243,6 @@ class TokenStore:
                 or np.any(np.diff(offsets) <= 0)):
             raise ValueError("token arrays disagree in length")
         return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets)
-
-
-@dataclass(frozen=True)
-class LateScores:
-    """Per row: MaxSim of the query against its paper's, its review's and its own passage's tokens."""
-
-    paper: dict[int, float]
-    review: dict[int, float]
-    passage: dict[int, float]
-
-
-def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int]]]) -> LateScores:
-    """MaxSim at three levels for the rows of `papers` (rows grouped by review, reviews by paper).
-
-    Scoring the whole review rather than its best passage was worth +0.015
-    and +0.026 nDCG@10 on the two labelled sets (README): an answer is often
-    spread over several paragraphs of one review. The paper score (all tokens
-    of the paper's reviews) is a light third ranking (PAPER_WEIGHT). The
-    passage score picks which of the review's passages to show. All candidate
-    tokens are scored in one product, in the codec's projected space.
-    """
-    reviews = [review for paper in papers for review in paper]
-    rows = [r for group in reviews for r in group]
-    if not rows or not len(query):
-        zero = {r: 0.0 for r in rows}
-        return LateScores(dict(zero), dict(zero), dict(zero))
-    sims = store.cosines(query, rows)
-    counts = np.diff(store.offsets)[rows]
-
-    def starts(sizes) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(sizes)[:-1]])
-
-    # (query tokens, units): the best cosine of each query token within each passage, review, paper
-    per_passage = np.maximum.reduceat(sims, starts(counts), axis=1)
-    sizes = np.array([len(g) for g in reviews])
-    per_review = np.maximum.reduceat(per_passage, starts(sizes), axis=1)
-    per_paper = np.maximum.reduceat(per_review, starts([len(p) for p in papers]), axis=1)
-    paper_rows = [sum(len(g) for g in p) for p in papers]
-    return LateScores(
-        paper=dict(zip(rows, np.repeat(per_paper.mean(axis=0), paper_rows).tolist())),
-        review=dict(zip(rows, np.repeat(per_review.mean(axis=0), sizes).tolist())),
-        passage=dict(zip(rows, per_passage.mean(axis=0).tolist())),
-    )
 
 
 def build_store(

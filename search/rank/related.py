@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .display import shorten
-from .errors import BadRequest, NotFound
-from .ranking import Hit, allowed_rows
+from ..errors import BadRequest, NotFound, shorten
+from .searcher import Hit, allowed_rows
 from .request import Filters, RelatedGroup
-from .store import Index, StoredPassage
-from .titles import match_titles
+from ..store.index import Index, StoredPassage
+from ..notes.titles import match_titles
 
 
 

@@ -23,9 +23,10 @@ from typing import Callable, Sequence
 import watchfiles
 
 from .build import BuildSummary, build_index, build_roots
-from .embedding import Encoder, load_encoder
-from .errors import BadRequest, IndexBusy
-from .store import read_settings
+from ..model.protocol import Encoder
+from ..model.encoders import load_encoder
+from ..errors import BadRequest, IndexBusy
+from ..store.index import read_settings
 
 OnBuild = Callable[[BuildSummary], None]
 OnError = Callable[[Exception], None]

@@ -1,9 +1,9 @@
 """Ranking: a query to the best passages or reviews, dense, lexical or both.
 
 Dense scores are cosine similarities from FAISS; lexical scores are BM25 over
-Korean morphemes; late scores are MaxSim over token states (search/late.py).
+Korean morphemes; late scores are MaxSim over token states (rank/late.py).
 Late mode (the default) fuses the MaxSim and BM25 rankings (of reviews,
-passages and papers: late.py has the weights), hybrid mode the
+passages and papers: rank/late.py has the weights), hybrid mode the
 dense and BM25 rankings, with reciprocal rank fusion, which needs no score
 calibration between very different scales (README, "Retrieval quality", has
 the measurements that chose them).
@@ -17,11 +17,12 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import embedding, late
-from .embedding import Encoder
-from .errors import BadRequest, ModelError
+from ..errors import BadRequest, ModelError, shorten
+from ..model import encoders as embedding
+from ..model.protocol import Encoder
+from ..store.index import Index, StoredPassage
+from . import late
 from .request import Filters, Group, Mode, SearchRequest
-from .store import Index, StoredPassage
 
 CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
 # MaxSim scores every row of an index up to this size; on a larger one, only this many
@@ -254,7 +255,6 @@ def _nearest(value: str, known: list[str], what: str, n: int = 3) -> str:
     """`; closest: a, b` (values containing it, or with a word spelled alike), else a few of the known values."""
     from difflib import SequenceMatcher
 
-    from .display import shorten
 
     folded = value.casefold()
 

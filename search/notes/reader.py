@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Iterable
 
-from .errors import BadRequest
+from ..errors import BadRequest
 
 # Larger files are not review notes; reading them whole would only waste memory.
 MAX_FILE_BYTES = 5 * 1024 * 1024

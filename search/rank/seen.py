@@ -29,11 +29,11 @@ from typing import Callable
 
 import numpy as np
 
-from .embedding import Encoder
-from .errors import BadRequest
+from ..model.protocol import Encoder
+from ..errors import BadRequest
 from .request import paper_name
-from .store import Index, StoredPassage
-from .titles import match_titles
+from ..store.index import Index, StoredPassage
+from ..notes.titles import match_titles
 
 SIMILAR_MIN = 0.93  # title cosine for "the same paper, other wording" (see module doc)
 CLOSEST = 3

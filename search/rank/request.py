@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .errors import BadRequest
-from .reader import MAX_NUMBER, MAX_TITLE_CHARS, bounded_number
-from .sections import Section, parse_section
+from ..errors import BadRequest
+from ..notes.reader import MAX_NUMBER, MAX_TITLE_CHARS, bounded_number
+from ..notes.sections import Section, parse_section
 
 MAX_K = 1000
 # Queries are cut here rather than refused: e5 reads at most 512 tokens and a

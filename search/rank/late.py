@@ -1,0 +1,98 @@
+"""Late interaction: score a passage by MaxSim over e5 token states.
+
+MaxSim (ColBERT's late interaction): for each query token, the best cosine
+against the passage's tokens, averaged over the query tokens. Token states are
+the last hidden layer of the same model that makes the passage vectors, read
+with the model's `query: ` / `passage: ` prefixes (model/tokens.py says which
+count). Scored here at three levels (paper, review, passage) from the stored
+codes (store/tokens.py); the weights below say how much each of late mode's
+rankings counts in the fusion (rank/searcher.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..store.tokens import TokenStore
+
+# The MaxSim ranking counts this many times the BM25 ranking in the fusion (RRF,
+# k = 60). Replayed with the tokens as stored (codec), `bench/late_interaction.py
+# --only ideas`, nDCG@10 all for x1 / 1.5 / 2 / 2.5 / 3 / 4 / 5 / 8: dev-corpus
+# 0.946 / 0.949 / 0.951 / 0.954 / 0.954 / 0.957 / 0.957 / 0.957; dev-corpus-2
+# 0.820 / 0.834 / 0.830 / 0.840 / 0.843 / 0.844 / 0.839 / 0.832 (paraphrase
+# 0.654 at x2, 0.740 at x4). Each set alone picks x4, which raises the other.
+# (x2 had been chosen on float32 tokens, where x2 and x3 tied.)
+MAXSIM_WEIGHT = 4.0
+# A third ranking: MaxSim against all tokens of the paper's reviews (a review
+# inherits its paper's score; its own MaxSim breaks ties). Reviewers of one
+# paper describe the same method in different words, so a paraphrase one
+# review misses may land in another's. `bench/late_interaction.py --only
+# ideas2`, nDCG@10 all for x0 / 0.25 / 0.5 / 1: dev-corpus 0.957 / 0.958 /
+# 0.958 / 0.958; dev-corpus-2 0.844 / 0.848 / 0.849 / 0.845 (paraphrase 0.740
+# / 0.753 / 0.754 / 0.735). Chosen on dev-corpus-2; dev-corpus ties (3 queries
+# better, none worse).
+PAPER_WEIGHT = 0.5
+# A fourth ranking, the lexical side of the third: BM25 with all of a paper's
+# passages as one document (store.PAPER_LEXICAL), a row inheriting its paper's
+# score, its passage's BM25 breaking ties. It lifts the reviews of a paper whose
+# other reviews use the query's words. On top of PAPER_WEIGHT, `bench/
+# late_interaction.py --only ideas2` (idea 5; README "Ideas II"), nDCG@10 all
+# for x0 / 0.125 / 0.25 / 0.5 / 1: dev-corpus 0.958 / 0.958 / 0.958 / 0.958 /
+# 0.955; dev-corpus-2 0.849 / 0.852 / 0.853 / 0.851 / 0.850 (paraphrase 0.754 /
+# 0.754 / 0.757 / 0.746 / 0.714). Chosen on dev-corpus-2 (6 queries better,
+# none worse); dev-corpus is unchanged. dev-corpus alone picks x0.5 (one query
+# better), which confirms on dev-corpus-2 (0.851) but drops its paraphrase
+# queries below 0.75.
+PAPER_LEXICAL_WEIGHT = 0.25
+
+
+def maxsim(query: np.ndarray, passage: np.ndarray) -> float:
+    """Mean over query tokens of the best cosine against the passage's tokens (unit rows in, both)."""
+    if not len(query) or not len(passage):
+        return 0.0
+    return float((query @ passage.T).max(axis=1).mean())
+
+
+@dataclass(frozen=True)
+class LateScores:
+    """Per row: MaxSim of the query against its paper's, its review's and its own passage's tokens."""
+
+    paper: dict[int, float]
+    review: dict[int, float]
+    passage: dict[int, float]
+
+
+def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int]]]) -> LateScores:
+    """MaxSim at three levels for the rows of `papers` (rows grouped by review, reviews by paper).
+
+    Scoring the whole review rather than its best passage was worth +0.015
+    and +0.026 nDCG@10 on the two labelled sets (README): an answer is often
+    spread over several paragraphs of one review. The paper score (all tokens
+    of the paper's reviews) is a light third ranking (PAPER_WEIGHT). The
+    passage score picks which of the review's passages to show. All candidate
+    tokens are scored in one product, in the codec's projected space.
+    """
+    reviews = [review for paper in papers for review in paper]
+    rows = [r for group in reviews for r in group]
+    if not rows or not len(query):
+        zero = {r: 0.0 for r in rows}
+        return LateScores(dict(zero), dict(zero), dict(zero))
+    sims = store.cosines(query, rows)
+    counts = np.diff(store.offsets)[rows]
+
+    def starts(sizes) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(sizes)[:-1]])
+
+    # (query tokens, units): the best cosine of each query token within each passage, review, paper
+    per_passage = np.maximum.reduceat(sims, starts(counts), axis=1)
+    sizes = np.array([len(g) for g in reviews])
+    per_review = np.maximum.reduceat(per_passage, starts(sizes), axis=1)
+    per_paper = np.maximum.reduceat(per_review, starts([len(p) for p in papers]), axis=1)
+    paper_rows = [sum(len(g) for g in p) for p in papers]
+    return LateScores(
+        paper=dict(zip(rows, np.repeat(per_paper.mean(axis=0), paper_rows).tolist())),
+        review=dict(zip(rows, np.repeat(per_review.mean(axis=0), sizes).tolist())),
+        passage=dict(zip(rows, per_passage.mean(axis=0).tolist())),
+    )
