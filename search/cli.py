@@ -268,28 +268,10 @@ def seen(
     if as_json:
         emit_json(result.as_dict())
         return
-    from .display import clean, display_path, week_label
+    from .display import seen_lines
 
-    def where(t) -> str:
-        return f"{week_label(t.week)} · presenter {clean(t.presenter) or '?'} · {display_path(t.path)}:{t.line}"
-
-    def reviewers(t) -> str:
-        return ", ".join(f"{clean(r.reviewer) or '(no reviewer)'} ({display_path(r.path)}:{r.line})" for r in t.reviews)
-
-    for m in result.matches:
-        how = m.how + (f" {m.score:g}" if m.score is not None else "")
-        typer.echo(f"reviewed: {clean(m.topic.title)}  [{how}]\n  {where(m.topic)}\n  reviewers: {reviewers(m.topic)}")
-    if result.reviewed:
-        return
-    if result.identifier is not None:
-        typer.echo(f"not reviewed: no topic is {result.identifier}" + ("; mentioned in:" if result.mentions else ""))
-        for m in result.mentions:
-            typer.echo(f"  {clean(m.topic.title)} · {clean(m.reviewer) or '(no reviewer)'} · "
-                       f"{week_label(m.topic.week)} · {display_path(m.path)}:{m.line}")
-        return
-    typer.echo("not reviewed; closest:" if result.closest else "not reviewed")
-    for t, score in result.closest:
-        typer.echo(f"  {score:.3f}  {clean(t.title)}\n         {where(t)} · reviewers {', '.join(map(clean, t.reviewers))}")
+    for line in seen_lines(result):
+        typer.echo(line)
 
 
 @app.command()
@@ -319,21 +301,10 @@ def who(
     if as_json:
         emit_json([p.as_dict() for p in people])
         return
-    if not people:
-        typer.echo("nobody: no review matches")
-        return
-    from .display import clean, display_path, week_label
-    from .errors import shorten
+    from .display import people_lines
 
-    for i, person in enumerate(people, start=1):
-        typer.echo(f"{i:>2}. {clean(person.name)}  {person.score:.2f}  "
-                   f"({person.reviewed} reviewed, {person.presented} presented of the best {depth} reviews)")
-        for e in person.evidence[:TOP_ITEMS]:
-            p = e.hit.passage
-            role = "presented" if e.presented else "reviewed "
-            by = f" (review by {clean(p.reviewer) or '?'})" if e.presented else ""
-            typer.echo(f"      #{e.rank:<3} {role} {shorten(clean(p.topic, single_line=True), 60)}{by} · {week_label(p.week)} · "
-                       f"{display_path(p.path)}:{p.line}")
+    for line in people_lines(people, depth, shown=TOP_ITEMS) or ["nobody: no review matches"]:
+        typer.echo(line)
 
 
 @app.command("list")
@@ -356,7 +327,7 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 
 @app.command("eval")
 def eval_(
-    queries: Path = typer.Argument(..., help="Labelled queries (JSON lines, see README)."),
+    queries: Path = typer.Argument(..., help="Labelled queries (JSON lines in the labelled sets' format; docs/ranking.md)."),
     index_dir: Path = IndexOpt,
     mode: EvalMode = typer.Option(EvalMode.ALL, "--mode", help="One mode to score, or all of them side by side."),
     as_json: bool = JsonOpt,

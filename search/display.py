@@ -15,8 +15,12 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .errors import shorten
+
 if TYPE_CHECKING:  # for annotations only: printing an error must not import the search stack
+    from .rank.people import Person
     from .rank.searcher import Hit
+    from .rank.seen import SeenResult
     from .store.index import Paper
 
 
@@ -124,3 +128,45 @@ def render_papers(console: Console, title: str, papers: Iterable[Paper]) -> None
             str(p.passages),
         )
     console.print(table)
+
+
+def seen_lines(result: "SeenResult") -> list[str]:
+    """`seen` for people: each matching paper with its week, presenter and reviewers' file:line,
+    else where an identifier is only cited, else the closest titles."""
+
+    def where(t) -> str:
+        return f"{week_label(t.week)} · presenter {clean(t.presenter) or '?'} · {display_path(t.path)}:{t.line}"
+
+    def reviewers(t) -> str:
+        return ", ".join(f"{clean(r.reviewer) or '(no reviewer)'} ({display_path(r.path)}:{r.line})" for r in t.reviews)
+
+    lines = []
+    for m in result.matches:
+        how = m.how + (f" {m.score:g}" if m.score is not None else "")
+        lines += [f"reviewed: {clean(m.topic.title)}  [{how}]", f"  {where(m.topic)}", f"  reviewers: {reviewers(m.topic)}"]
+    if result.reviewed:
+        return lines
+    if result.identifier is not None:
+        lines.append(f"not reviewed: no topic is {result.identifier}" + ("; mentioned in:" if result.mentions else ""))
+        lines += [f"  {clean(m.topic.title)} · {clean(m.reviewer) or '(no reviewer)'} · "
+                  f"{week_label(m.topic.week)} · {display_path(m.path)}:{m.line}" for m in result.mentions]
+        return lines
+    lines.append("not reviewed; closest:" if result.closest else "not reviewed")
+    for t, score in result.closest:
+        lines += [f"  {score:.3f}  {clean(t.title)}", f"         {where(t)} · reviewers {', '.join(map(clean, t.reviewers))}"]
+    return lines
+
+
+def people_lines(people: list["Person"], depth: int, shown: int) -> list[str]:
+    """`who` for people: each member's score and counts, then their `shown` best pieces of evidence."""
+    lines = []
+    for i, person in enumerate(people, start=1):
+        lines.append(f"{i:>2}. {clean(person.name)}  {person.score:.2f}  "
+                     f"({person.reviewed} reviewed, {person.presented} presented of the best {depth} reviews)")
+        for e in person.evidence[:shown]:
+            p = e.hit.passage
+            role = "presented" if e.presented else "reviewed "
+            by = f" (review by {clean(p.reviewer) or '?'})" if e.presented else ""
+            lines.append(f"      #{e.rank:<3} {role} {shorten(clean(p.topic, single_line=True), 60)}{by} · "
+                         f"{week_label(p.week)} · {display_path(p.path)}:{p.line}")
+    return lines

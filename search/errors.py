@@ -19,6 +19,11 @@ server logs the traceback and answers a generic 500.
 from __future__ import annotations
 
 
+def shorten(text: str, width: int) -> str:
+    """`text` cut to `width` characters, the cut marked with an ellipsis: for quoting input in messages."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
 class ReviewSearchError(Exception):
     """An expected failure; `str(e)` is one line for the user.
 
@@ -45,6 +50,21 @@ class NotFound(BadRequest):
     """The request names a paper, file or passage the index does not hold."""
 
     status = 404
+
+
+class TopicNotFound(NotFound):
+    """No reviewed paper matches the name given."""
+
+    hint = "list"
+
+
+class AmbiguousTopic(BadRequest):
+    """Several reviewed papers match the name given; the caller must pick one."""
+
+    def __init__(self, query: str, candidates: list[str]):
+        self.candidates = candidates
+        listed = "; ".join(candidates)
+        super().__init__(f"{shorten(query, 80)!r} matches several papers, be more specific: {listed}")
 
 
 class IndexUnavailable(ReviewSearchError):
@@ -75,12 +95,15 @@ class ModelError(ReviewSearchError):
     """The embedding model cannot be loaded, or does not match the index (HTTP 500, as the base)."""
 
 
+class ModelMismatch(ModelError):
+    """The query model is not the one the index was built with."""
+
+
 class DiskError(ReviewSearchError):
     """Writing the index failed for lack of space or permission; the previous index is untouched."""
 
     status = 507
 
 
-def shorten(text: str, width: int) -> str:
-    """`text` cut to `width` characters, the cut marked with an ellipsis: for quoting input in messages."""
-    return text if len(text) <= width else text[: width - 1] + "…"
+class ServerError(ReviewSearchError):
+    """The server cannot start (the address is taken or cannot be resolved)."""

@@ -10,7 +10,8 @@ from fakes import FakeEncoder
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
-CORPUS = Path(__file__).resolve().parent / "corpus"  # three small weeks in the notes' format, ours
+TESTS = Path(__file__).resolve().parent
+CORPUS = TESTS / "corpus"  # three small weeks in the notes' format, ours
 SHARED = ROOT.parent / "shared"
 DEV = SHARED / "dev-corpus"
 DEV2 = SHARED / "dev-corpus-2"

@@ -53,7 +53,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from ..errors import ReviewSearchError
+from ..errors import ServerError
 from ..mcp import mcp_asgi
 from ..model.protocol import Encoder
 from ..service import SearchService
@@ -84,10 +84,6 @@ SECURITY_HEADERS = [
     (b"referrer-policy", b"no-referrer"),  # a ?token= URL must not leak to other sites
     (b"x-frame-options", b"DENY"),
 ]
-
-
-class ServerError(ReviewSearchError):
-    """The server cannot start (the address is taken or cannot be resolved)."""
 
 
 def is_loopback(host: str) -> bool:

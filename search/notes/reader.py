@@ -1,6 +1,6 @@
 """Reading weekly review files: Markdown notes in, `Review` records out.
 
-The notes follow a loose template (see README, "Data format"):
+The notes follow a loose template (docs/notes-format.md):
 
     # 📚 11주차
     ### 주제 1: <paper title>

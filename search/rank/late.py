@@ -38,7 +38,7 @@ PAPER_WEIGHT = 0.5
 # passages as one document (store.PAPER_LEXICAL), a row inheriting its paper's
 # score, its passage's BM25 breaking ties. It lifts the reviews of a paper whose
 # other reviews use the query's words. On top of PAPER_WEIGHT, `bench/
-# late_interaction.py --only ideas2` (idea 5; README "Ideas II"), nDCG@10 all
+# late_interaction.py --only ideas2` (idea 5; docs/ranking.md, "Ideas II"), nDCG@10 all
 # for x0 / 0.125 / 0.25 / 0.5 / 1: dev-corpus 0.958 / 0.958 / 0.958 / 0.958 /
 # 0.955; dev-corpus-2 0.849 / 0.852 / 0.853 / 0.851 / 0.850 (paraphrase 0.754 /
 # 0.754 / 0.757 / 0.746 / 0.714). Chosen on dev-corpus-2 (6 queries better,
@@ -68,7 +68,7 @@ def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int
     """MaxSim at three levels for the rows of `papers` (rows grouped by review, reviews by paper).
 
     Scoring the whole review rather than its best passage was worth +0.015
-    and +0.026 nDCG@10 on the two labelled sets (README): an answer is often
+    and +0.026 nDCG@10 on the two labelled sets (docs/ranking.md): an answer is often
     spread over several paragraphs of one review. The paper score (all tokens
     of the paper's reviews) is a light third ranking (PAPER_WEIGHT). The
     passage score picks which of the review's passages to show. All candidate

@@ -13,28 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BadRequest, NotFound, shorten
+from ..errors import AmbiguousTopic, TopicNotFound, shorten
 from .searcher import Hit, allowed_rows
 from .request import Filters, RelatedGroup
 from ..store.index import Index, StoredPassage
 from ..notes.titles import match_titles
 
-
-
-class TopicNotFound(NotFound):
-    """No reviewed paper matches the name given."""
-
-    hint = "list"
-
-
-class AmbiguousTopic(BadRequest):
-    """Several reviewed papers match the name given; the caller must pick one."""
-
-
-    def __init__(self, query: str, candidates: list[str]):
-        self.candidates = candidates
-        listed = "; ".join(candidates)
-        super().__init__(f"{shorten(query, 80)!r} matches several papers, be more specific: {listed}")
 
 
 def match_topic(query: str, titles: list[str]) -> str:

@@ -5,7 +5,7 @@ Korean morphemes; late scores are MaxSim over token states (rank/late.py).
 Late mode (the default) fuses the MaxSim and BM25 rankings (of reviews,
 passages and papers: rank/late.py has the weights), hybrid mode the
 dense and BM25 rankings, with reciprocal rank fusion, which needs no score
-calibration between very different scales (README, "Retrieval quality", has
+calibration between very different scales (docs/ranking.md has
 the measurements that chose them).
 Filters narrow the candidate rows before the top-k cut, so a filtered search
 still returns k results when k exist.
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from ..errors import BadRequest, ModelError, shorten
+from ..errors import BadRequest, ModelMismatch, shorten
 from ..model import encoders as embedding
 from ..model.protocol import Encoder
 from ..store.index import Index, StoredPassage
@@ -49,10 +49,6 @@ class Hit:
         """The JSON shape of `query --json` and the HTTP API."""
         scores = {name: getattr(self, name) for name in ("score", "dense", "lexical", "maxsim", "fused")}
         return {**self.passage.public(), **{k: None if v is None else round(float(v), 6) for k, v in scores.items()}}
-
-
-class ModelMismatch(ModelError):
-    """The query model is not the one the index was built with."""
 
 
 @dataclass(frozen=True)

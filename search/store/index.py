@@ -58,7 +58,7 @@ _GEN_PREFIX = "gen-"
 # limit); larger ones are verified by builds, and queries check hit vectors.
 VERIFY_ON_OPEN_BYTES = 32 * 2**20
 # Exact search costs ~4 ms a query at 50k vectors and grows linearly (59 ms at 1M);
-# HNSW stays under ~1 ms with recall@10 >= 0.97 up to 1M (README, "Scale").
+# HNSW stays under ~1 ms with recall@10 >= 0.97 up to 1M (docs/performance.md, "Scale").
 HNSW_FROM = 50_000
 HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80  # 200 gained little recall for 2.5x the build time at 1M
@@ -354,7 +354,7 @@ class Index:
 
         With `passages`, `rows_where`, `paper_groups`, `lexical`, `paper_lexical`
         and `tokens`, this is all ranking needs from storage: the seam where a
-        remote search engine would plug in (README, "Beyond one machine"). Raises IndexDamaged when a hit's stored vector is
+        remote search engine would plug in (docs/scaling-out.md). Raises IndexDamaged when a hit's stored vector is
         not unit length, which only damage on disk can cause.
         """
         import faiss

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..model.tokens import TOKEN_RULE, unit_rows
 
-CODEC_DIM = 256  # principal directions kept; README "Token storage" has the bytes/quality table
+CODEC_DIM = 256  # principal directions kept; docs/ranking.md, "Token storage", has the bytes/quality table
 SCORE_SLICE = 2048  # tokens per product in TokenCodec.cosines: 2 MB of planes, about one core's L2
 CODEC_BITS = 4
 
@@ -104,7 +104,7 @@ class TokenCodec:
         out = np.empty((len(query), n), np.float32)
         squared = None if lengths is not None else np.empty(n, np.float32)
         # In slices: the integer planes of 40,000 tokens would be 40 MB of float32, and
-        # allocating and faulting in that much took longer than the product (README, "Performance").
+        # allocating and faulting in that much took longer than the product (docs/performance.md).
         for a in range(0, n, SCORE_SLICE):
             b = min(a + SCORE_SLICE, n)
             planes = self._planes(Encoded(enc.codes[a:b], enc.scales[a:b]))
@@ -128,7 +128,7 @@ class TokenCodec:
         # Codes are stored as c + 8, two to a byte: the low nibbles hold the even
         # coordinates, the high ones the odd. Keeping the two nibble planes side by side,
         # and reordering the other operand's columns to match, instead of interleaving
-        # the coordinates back, makes scoring several times faster (README, "Performance").
+        # the coordinates back, makes scoring several times faster (docs/performance.md).
         width = enc.codes.shape[1]
         planes = np.empty((len(enc.codes), 2 * width), np.float32)
         np.bitwise_and(enc.codes, 0x0F, out=planes[:, :width], casting="unsafe")
@@ -152,7 +152,7 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
 
 # Refit the codec (and re-embed every passage's tokens) once the index holds this
 # many times the tokens it was fitted on: a codec fitted on a first small week
-# lost 0.03 nDCG on a three-times-larger index (README, "Token storage"), while
+# lost 0.03 nDCG on a three-times-larger index (docs/ranking.md, "Token storage"), while
 # doubling keeps the re-embedding cost to at most one extra full pass overall.
 REFIT_GROWTH = 2.0
 CODES, SCALES, OFFSETS, MEAN, BASIS, INFO = (

@@ -10,7 +10,7 @@ from typing import Callable
 
 import pytest
 
-from conftest import SAMPLE_WEEK
+from conftest import SAMPLE_WEEK, TESTS
 from fakes import FakeEncoder
 from search.indexing.build import BuildSummary
 from search.errors import BadRequest
@@ -195,7 +195,7 @@ def test_serve_watch_command_serves_what_is_added(notes: Path, tmp_path: Path):
     import urllib.request
 
     index = tmp_path / "index"
-    build_index_cli = [sys.executable, str(Path(__file__).with_name("fake_cli.py"))]
+    build_index_cli = [sys.executable, str(TESTS / "fake_cli.py")]
     subprocess.run(build_index_cli + ["index", str(notes), "--index", str(index), "--model", FakeEncoder.model_id],
                    check=True, capture_output=True)
     proc = subprocess.Popen(build_index_cli + ["serve", "--index", str(index), "--port", "0", "--watch"],

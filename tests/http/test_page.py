@@ -15,7 +15,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
-from conftest import SAMPLE_WEEK
+from conftest import SAMPLE_WEEK, TESTS
 
 selenium = pytest.importorskip("selenium", reason="selenium is in the test extra: pip install -e '.[test]'")
 from selenium import webdriver  # noqa: E402
@@ -27,7 +27,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 from search.indexing.build import build_index  # noqa: E402
 from search.http.server import make_server  # noqa: E402
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = TESTS / "artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 PHONE = {"width": 390, "height": 844, "deviceScaleFactor": 2, "mobile": True}

@@ -25,9 +25,10 @@ from search.rank.request import SearchRequest
 from search.store.index import open_index
 
 from fakes import FakeEncoder
+from conftest import TESTS
 
-HERE = Path(__file__).resolve().parent
-SLOW_BUILD = HERE / "slow_build.py"
+
+SLOW_BUILD = TESTS / "slow_build.py"
 
 names = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
 body_line = st.one_of(

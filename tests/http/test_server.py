@@ -16,15 +16,15 @@ import pytest
 from typer.testing import CliRunner
 
 from search.rank import searcher as ranking
-from conftest import SAMPLE_WEEK
+from conftest import ROOT, SAMPLE_WEEK
 from fakes import FakeEncoder
 from search.indexing.build import build_index
 from search.cli import app
-from search.errors import NoIndex
+from search.errors import NoIndex, ServerError
 from search.rank.searcher import Searcher
 from search.rank.request import DEFAULT_MODE, Filters, SearchRequest
 from search.service import SearchService
-from search.http.server import TOKEN_COOKIE, TOKEN_ENV, SearchServer, ServerError, is_loopback, local_host_header, make_server, resolve_token
+from search.http.server import TOKEN_COOKIE, TOKEN_ENV, SearchServer, is_loopback, local_host_header, make_server, resolve_token
 from search.store.index import open_index
 
 JSON_KEYS = {"file", "line", "week", "topic", "presenter", "reviewer", "text", "score"}
@@ -597,7 +597,7 @@ def test_a_long_query_does_not_hold_up_short_ones(idx: Path, concurrent: bool):
         assert status == 200 and hits[0]["topic"].startswith("Whisper")
 
 
-# ---- the page's HTML, without a browser (tests/test_page.py drives chromium) ----
+# ---- the page's HTML, without a browser (tests/http/test_page.py drives chromium) ----
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
 HOSTILE = """# 📚 5주차
@@ -706,7 +706,7 @@ def test_page_labels_an_unknown_week_once_and_papers_look_like_links(tmp_path: P
         _, _, papers = call(srv, "/papers", headers=HTML)
     assert "<dt>주차</dt><dd>?</dd>" in page and "주차 ?" not in page and "주차 주차" not in papers
     assert "문단 더 일치" not in page
-    css = (Path(__file__).parent.parent / "search/http/static/style.css").read_text(encoding="utf-8")
+    css = (ROOT / "search/http/static/style.css").read_text(encoding="utf-8")
     assert ".papers .title a { color: var(--accent)" in css
 
 

@@ -12,8 +12,8 @@ from search.indexing.build import build_index
 from search.cli import app
 from search.rank.seen import find_identifiers, parse_identifier, seen
 from search.store.index import open_index
+from conftest import SEEDS
 
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 CALM = "Calm-Whisper: Reduce Whisper Hallucination On Non-Speech By Calming Crazy Heads Down"
 ABSENT = "Whisper: Robust Speech Recognition via Large-Scale Weak Supervision"
 runner = CliRunner()

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 
 from search.cli import app
 from search.rank.request import Filters
-from search.rank.related import AmbiguousTopic, TopicNotFound, match_topic, related_reviews
+from search.errors import AmbiguousTopic, TopicNotFound
+from search.rank.related import match_topic, related_reviews
 from search.notes.titles import initials
 from search.store.index import open_index
 

@@ -16,8 +16,8 @@ from search.rank.evaluate import evaluate, read_queries
 from search.rank.searcher import Searcher
 from search.rank.request import SearchRequest
 from search.store.index import open_index
+from conftest import SEEDS
 
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 MARGIN = 0.02
 HYBRID_NDCG = 0.923  # measured: review-search eval ../shared/dev-corpus/queries.jsonl
 

@@ -9,7 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from search.errors import BadRequest
-from search.rank.searcher import ModelMismatch, Searcher, rrf
+from search.errors import ModelMismatch
+from search.rank.searcher import Searcher, rrf
 from search.rank.request import Mode, SearchRequest
 from search.store.index import open_index
 

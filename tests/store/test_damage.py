@@ -19,8 +19,9 @@ from search.indexing.build import build_index
 from search.cli import app
 from search.errors import DiskError, IndexDamaged
 from search.store.index import CURRENT, open_index
+from conftest import TESTS
 
-HERE = Path(__file__).resolve().parent
+
 runner = CliRunner()
 
 
@@ -96,7 +97,7 @@ def test_damaged_pointer_never_shrinks_the_index_to_seeds(built: Path, monkeypat
     (built / CURRENT).write_bytes(b"\xff\xfe not utf-8")
     line = one_line_error(invoke("query", "x", "--index", built))
     assert "cannot read (not text)" in line
-    monkeypatch.chdir(HERE.parent)  # a folder with seeds/ in it
+    monkeypatch.chdir(TESTS.parent)  # a folder with seeds/ in it
     result = invoke("index", "--full", "--index", built)
     assert result.exit_code == 0 and size(built) == before
 
@@ -201,7 +202,7 @@ def test_disk_full_keeps_the_old_index_and_says_so(built: Path, notes: Path, tmp
     limit = 16 * 1024  # bytes any one file may grow to: the new passages table will not fit
 
     proc = subprocess.run(
-        [sys.executable, str(HERE / "fake_cli.py"), "index", str(notes), "--index", str(built)],
+        [sys.executable, str(TESTS / "fake_cli.py"), "index", str(notes), "--index", str(built)],
         capture_output=True, text=True, timeout=120,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)),
     )

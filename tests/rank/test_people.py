@@ -18,8 +18,8 @@ from search.rank.searcher import Searcher
 from search.notes.reader import read_reviews
 from search.rank.request import Filters
 from search.store.index import open_index
+from conftest import SEEDS
 
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
 
 def _topic(no: int, title: str, presenter: str, reviews: list[tuple[str, str]]) -> str:

