@@ -41,11 +41,13 @@ QUERIES = [
 ]
 
 
-def python(args: list[str]) -> tuple[float, int, float, str]:
-    """Wall seconds, peak RSS in MiB, CPU seconds (user + system) and stdout of one `python ARGS` process."""
+def python(args: list[str], cwd: Path = ROOT) -> tuple[float, int, float, str]:
+    """Wall seconds, peak RSS in MiB, CPU seconds (user + system) and stdout of one `python ARGS` process,
+    run in `cwd` with that folder's `search` package first on the path (another checkout, to compare)."""
     with tempfile.TemporaryFile("w+", encoding="utf-8") as out, tempfile.TemporaryFile("w+", encoding="utf-8") as err:
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, cwd=ROOT)
+        env = {**os.environ, "PYTHONPATH": str(cwd)}
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=err, cwd=cwd, env=env)
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own rusage, not all children's
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)

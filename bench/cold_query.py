@@ -2,6 +2,7 @@
 
     python bench/cold_query.py                 # 15 runs of each path, seed week index
     python bench/cold_query.py --runs 25 --out bench/results/cold_query.json
+    python bench/cold_query.py --against ../old-checkout   # the CLI paths of both, interleaved
 
 Every run is a new Python process, the way `review-search query` runs, and
 reports wall time from process start to exit and peak RSS (medians and max
@@ -57,6 +58,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=15, help="cold processes per path (at least 15 for the report)")
     ap.add_argument("--paths", nargs="*", default=[str(ROOT / "seeds")], help="notes to index for the CLI paths")
     ap.add_argument("--out", type=Path, help="also write the results as JSON here")
+    ap.add_argument("--against", type=Path, help="another checkout whose CLI paths run interleaved with these "
+                                                 "(on the same index: its format must be the same)")
     a = ap.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -68,10 +71,14 @@ def main() -> None:
             "cli-hybrid": lambda q: ["-m", "search", "query", q, "--index", index, "--mode", "hybrid", "--json"],
             "cli-late": lambda q: ["-m", "search", "query", q, "--index", index, "--json"],
         }
+        where = {name: ROOT for name in paths}
+        if a.against:
+            for name in ("cli-hybrid", "cli-late"):
+                paths[f"{name} ({a.against})"], where[f"{name} ({a.against})"] = paths[name], a.against.resolve()
         runs: dict[str, list[tuple[float, int, float]]] = {name: [] for name in paths}
         for i in range(a.runs):
             for name, args in paths.items():  # interleaved, so load on the machine hits every path alike
-                runs[name].append(python(args(QUERIES[i % len(QUERIES)]))[:3])
+                runs[name].append(python(args(QUERIES[i % len(QUERIES)]), where[name])[:3])
         parts = python(["-c", _PARTS, json.dumps(QUERIES)])[3]
     result = {
         name: {
