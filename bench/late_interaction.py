@@ -34,7 +34,7 @@ from search.store import tokens as token_store  # noqa: E402
 from search.model.protocol import E5_PREFIXES  # noqa: E402
 from search.model.encoders import DefaultE5Encoder  # noqa: E402
 from search.rank.evaluate import CUTOFF, LabelledQuery, Report, read_queries, score_query  # noqa: E402
-from search.rank.searcher import RRF_K  # noqa: E402
+from search.rank.fusion import RRF_K  # noqa: E402
 from search.store.index import open_index  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

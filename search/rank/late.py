@@ -6,7 +6,7 @@ the last hidden layer of the same model that makes the passage vectors, read
 with the model's `query: ` / `passage: ` prefixes (model/tokens.py says which
 count). Scored here at three levels (paper, review, passage) from the stored
 codes (store/tokens.py); the weights below say how much each of late mode's
-rankings counts in the fusion (rank/searcher.py).
+rankings counts in its fusion (`fuse`, at the end).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..store.tokens import TokenStore
+from .fusion import rrf
 
 # The MaxSim ranking counts this many times the BM25 ranking in the fusion (RRF,
 # k = 60). Replayed with the tokens as stored (codec), `bench/late_interaction.py
@@ -96,3 +97,19 @@ def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int
         review=dict(zip(rows, np.repeat(per_review.mean(axis=0), sizes).tolist())),
         passage=dict(zip(rows, per_passage.mean(axis=0).tolist())),
     )
+
+
+def fuse(ms: LateScores, lexical: dict[int, float], paper_lexical: dict[int, float]) -> dict[int, float]:
+    """Late mode's order: the review-MaxSim, paper-MaxSim and paper-BM25 rankings and the passage BM25
+    ranking, fused by weighted RRF (the weights above).
+
+    The review ranking breaks ties by the passage's own MaxSim; the paper ranking
+    breaks its ties (a paper's reviews) the same way, the paper BM25 ranking by
+    the passage's BM25. Both paper rankings rank the rows MaxSim scored.
+    """
+    review = ms.review
+    order = sorted(review, key=lambda r: (-review[r], -ms.passage[r], r))
+    by_paper = sorted(review, key=lambda r: (-ms.paper[r], -review[r], -ms.passage[r], r))
+    by_paper_bm25 = sorted(paper_lexical, key=lambda r: (-paper_lexical[r], -lexical.get(r, 0.0), r))
+    return rrf([{r: -i for i, r in enumerate(ranked)} for ranked in (order, by_paper, by_paper_bm25)] + [lexical],
+               weights=[MAXSIM_WEIGHT, PAPER_WEIGHT, PAPER_LEXICAL_WEIGHT, 1.0])

@@ -22,6 +22,7 @@ from ..model import encoders as embedding
 from ..model.protocol import Encoder
 from ..store.index import Index, StoredPassage
 from . import late
+from .fusion import rrf
 from .request import Filters, Group, Mode, SearchRequest
 
 CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
@@ -30,7 +31,6 @@ CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for
 # warm query from 57 ms to 38 ms; on the labelled sets (186 passages) a pool of 100 rows
 # left nDCG@10 unchanged on both, 60 lost 0.014 on dev-corpus-2 (bench/late_pool.py).
 LATE_POOL = 400
-RRF_K = 60  # the constant from Cormack et al. (2009); damps the weight of rank 1 vs rank 2
 
 
 @dataclass(frozen=True)
@@ -161,10 +161,10 @@ class Searcher:
         it is embedded again when it lacks what this index needs. `min_score`
         drops hits whose shown score (`shown_scores`) is below it.
         """
-        query, k, mode = request.query, request.k, request.mode
+        query, mode = request.query, request.mode
         allowed = allowed_rows(self.index, request.filters)
         # Fusion only needs each side's head; a few reviews have many passages each.
-        limit = max(CANDIDATES, k * 50)
+        limit = max(CANDIDATES, request.k * 50)
         terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
         need_vector, need_tokens = self._needs(request)
         if (embedded is None or embedded.query != query or (need_vector and embedded.vector is None)
@@ -173,26 +173,24 @@ class Searcher:
         vector, tokens = embedded.vector, embedded.tokens
         dense = self.dense_scores(vector, allowed, limit) if vector is not None else {}
         lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
-        review_ms: dict[int, float] = {}
-        if mode == Mode.LATE:
-            ms = self.late_scores(tokens, self._late_candidates(allowed, dense, lexical))
-            review_ms = ms.review
         if mode == Mode.DENSE:
-            fused = dense
+            fused, maxsim = dense, {}
         elif mode == Mode.LEXICAL:
-            fused = lexical
+            fused, maxsim = lexical, {}
         elif mode == Mode.HYBRID:
-            fused = rrf([dense, lexical])
+            fused, maxsim = rrf([dense, lexical]), {}
         else:
-            # Rank by the review's MaxSim, its own passage's MaxSim breaking ties within a review;
-            # the paper ranking breaks its ties (a paper's reviews) the same way, the paper BM25
-            # ranking by the passage's BM25. Both paper rankings rank the rows MaxSim scored.
-            order = sorted(review_ms, key=lambda r: (-review_ms[r], -ms.passage[r], r))
-            by_paper = sorted(review_ms, key=lambda r: (-ms.paper[r], -review_ms[r], -ms.passage[r], r))
-            paper_bm25 = self.paper_lexical_scores(terms, review_ms)
-            by_paper_bm25 = sorted(paper_bm25, key=lambda r: (-paper_bm25[r], -lexical.get(r, 0.0), r))
-            fused = rrf([{r: -i for i, r in enumerate(ranked)} for ranked in (order, by_paper, by_paper_bm25)]
-                        + [lexical], weights=[late.MAXSIM_WEIGHT, late.PAPER_WEIGHT, late.PAPER_LEXICAL_WEIGHT, 1.0])
+            ms = self.late_scores(tokens, self._late_candidates(allowed, dense, lexical))
+            fused, maxsim = late.fuse(ms, lexical, self.paper_lexical_scores(terms, ms.review)), ms.review
+        hits = shown_scores(self._hits(request, fused, dense, lexical, maxsim), mode)
+        if request.min_score is not None:
+            hits = [h for h in hits if h.score >= request.min_score]
+        return SearchResult(request, hits, terms or query.split())
+
+    def _hits(self, request: SearchRequest, fused: dict[int, float], dense: dict[int, float],
+              lexical: dict[int, float], maxsim: dict[int, float]) -> list[Hit]:
+        """The best `request.k` rows of `fused` as hits, one per review unless raw passages are asked for."""
+        k, mode = request.k, request.mode
         order = sorted(fused, key=lambda r: (-fused[r], r))
         by_review = request.group == Group.REVIEW
         # Reviews have a handful of passages each, so k*50 rows hold k reviews in practice.
@@ -206,12 +204,9 @@ class Searcher:
                     hits[i] = replace(hits[i], passages=hits[i].passages + 1)
                     continue
                 seen[p.review_key] = len(hits)
-            hits.append(Hit(p, 0.0, dense.get(row), lexical.get(row), maxsim=review_ms.get(row),
+            hits.append(Hit(p, 0.0, dense.get(row), lexical.get(row), maxsim=maxsim.get(row),
                             fused=fused[row] if mode in (Mode.LATE, Mode.HYBRID) else None))
-        hits = shown_scores(hits[:k], mode)
-        if request.min_score is not None:
-            hits = [h for h in hits if h.score >= request.min_score]
-        return SearchResult(request, hits, terms or query.split())
+        return hits[:k]
 
 
 def allowed_rows(index: Index, filters: Filters) -> np.ndarray | None:
@@ -286,12 +281,3 @@ def shown_scores(hits: list[Hit], mode: Mode) -> list[Hit]:
         cap = min(cap, evidence)
         shown.append(replace(h, score=cap))
     return shown
-
-
-def rrf(rankings: list[dict[int, float]], k: int = RRF_K, weights: list[float] | None = None) -> dict[int, float]:
-    """Reciprocal rank fusion of several {row: score} rankings, each optionally weighted."""
-    fused: dict[int, float] = {}
-    for scores, w in zip(rankings, weights or [1.0] * len(rankings)):
-        for rank, row in enumerate(sorted(scores, key=lambda r: (-scores[r], r)), start=1):
-            fused[row] = fused.get(row, 0.0) + w / (k + rank)
-    return fused

@@ -14,7 +14,8 @@ from search.model import tokens as token_rules
 from search.store import tokens as token_store
 from search.indexing.build import build_index
 from search.errors import IndexDamaged
-from search.rank.searcher import RRF_K, Searcher
+from search.rank.fusion import RRF_K
+from search.rank.searcher import Searcher
 from search.rank.request import DEFAULT_MODE, Mode, SearchRequest
 from search.store.index import TOKENS, open_index
 

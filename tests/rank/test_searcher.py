@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from search.errors import BadRequest
 from search.errors import ModelMismatch
-from search.rank.searcher import Searcher, rrf
+from search.rank.fusion import rrf
+from search.rank.searcher import Searcher
 from search.rank.request import Mode, SearchRequest
 from search.store.index import open_index
 
