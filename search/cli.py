@@ -5,7 +5,6 @@ Library errors become one line on stderr and a non-zero exit, never a traceback.
 
 from __future__ import annotations
 
-import json
 import shlex
 from dataclasses import asdict
 from enum import Enum
@@ -80,8 +79,13 @@ def clean_errors(index_dir: Path | None = None) -> Iterator[None]:
 
 
 def emit_json(payload) -> None:
-    """Every command's --json output: UTF-8 text as is, one style."""
-    typer.echo(json.dumps(payload, ensure_ascii=False, indent=1))
+    """Every command's --json output: UTF-8 text as is, one style; on a terminal, characters that
+    would act on it are written as JSON escapes (the same JSON, only spelled safely)."""
+    import sys
+
+    from .display import json_text
+
+    typer.echo(json_text(payload, terminal=sys.stdout.isatty()))
 
 
 def _console(stderr: bool = False):

@@ -41,6 +41,20 @@ def clean(text: str, *, single_line: bool = False) -> str:
     return "".join(f"\\u{ord(ch):04x}" if ch not in keep and unsafe(ch) else ch for ch in text)
 
 
+def json_text(payload, terminal: bool = False) -> str:
+    """`payload` as indented JSON with UTF-8 text as is; for a terminal, every unsafe character
+    (bidi overrides, C1 controls: see `unsafe`) as a `\\uXXXX` escape, which JSON reads back the same.
+    Lone surrogates (from file names that are not UTF-8) are escaped everywhere: they cannot be written."""
+    import json
+
+    text = json.dumps(payload, ensure_ascii=False, indent=1)
+
+    def escape(ch: str) -> bool:
+        return unicodedata.category(ch) == "Cs" or (terminal and ch != "\n" and unsafe(ch))
+
+    return "".join(f"\\u{ord(ch):04x}" if escape(ch) else ch for ch in text)
+
+
 def unsafe(ch: str) -> bool:
     """Whether a character would act on a terminal or reorder text instead of being shown (see _UNSAFE)."""
     return unicodedata.category(ch) in _UNSAFE

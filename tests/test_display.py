@@ -94,3 +94,17 @@ def test_paper_table_shows_markup_and_controls_as_text():
     shown = out.getvalue()
     assert raw_controls(shown) == []
     assert "[bold red]BERT[/] [/]" in shown and "(none)" in shown
+
+
+def test_json_for_a_terminal_escapes_what_would_act_on_it_and_reads_back_the_same():
+    import json
+
+    from search.display import json_text
+
+    payload = {"topic": "week31\u202egnp \x9b2J \x1b[2J 한국어", "lone": "\udcc1"}
+    shown = json_text(payload, terminal=True)
+    assert raw_controls(shown) == [] and "\u202e" not in shown and "\x9b" not in shown and "한국어" in shown
+    assert json.loads(shown) == payload
+    piped = json_text(payload, terminal=False)
+    assert "\u202e" in piped and "\x9b" in piped and "\udcc1" not in piped  # exact, but writable
+    assert json.loads(piped) == payload
