@@ -28,7 +28,7 @@ from ..errors import BadRequest, IndexDamaged
 from ..store.bm25 import LexicalIndex, passage_terms
 from ..notes.reader import Problem, ReadResult, read_reviews
 from ..store.tokens import TokenStore, build_store
-from ..store.index import NORM_TOLERANCE, TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings
+from ..store.index import TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings, unit_rows_ok
 
 DEFAULT_ROOTS = ["seeds"]
 # A build that would drop more than this share of the index's passages because
@@ -255,9 +255,8 @@ def _reusable_vectors(
     if VECTORS in writer.previous_damaged:
         problems.append(Problem(str(old.folder / VECTORS), None, "checksum mismatch; every passage is embedded again"))
         return {}
-    vectors = old.vectors([p.row for p in passages])
-    with np.errstate(over="ignore", invalid="ignore"):  # damaged floats may overflow
-        sound = np.abs(np.linalg.norm(vectors, axis=1) - 1) <= NORM_TOLERANCE
+    vectors = old.vectors([p.row for p in passages], check=False)
+    sound = unit_rows_ok(vectors)
     if not sound.all():
         problems.append(Problem(str(old.folder / VECTORS), None, f"{int((~sound).sum())} damaged vectors embedded again"))
     return {p.key: v for p, v, ok in zip(passages, vectors, sound) if ok}

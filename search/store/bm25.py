@@ -168,6 +168,20 @@ class LexicalIndex:
         vocab = json.loads((folder / VOCAB_FILE).read_text(encoding="utf-8"))
         documents = json.loads((folder / PARAMS_FILE).read_text(encoding="utf-8"))["num_docs"]
         groups = np.load(folder / GROUPS_FILE, allow_pickle=False) if (folder / GROUPS_FILE).exists() else None
+        data, indices, indptr = arrays
+        # Unverified large generations (store.index.VERIFY_ON_OPEN_BYTES) are read as they are: a damaged
+        # index would raise IndexError deep in a query or shift scores silently, so its shape is checked here.
+        with np.errstate(invalid="ignore"):
+            # bm25s gives the empty term the last id and no column (every other id needs indptr[id + 1]),
+            # and an empty index one placeholder document.
+            ids = np.fromiter((i for term, i in vocab.items() if term), dtype=np.int64)
+            sound = (indptr.ndim == 1 and (not len(ids) or 0 <= ids.min() <= ids.max() < len(indptr) - 1)
+                     and indptr[0] == 0 and indptr[-1] == len(indices)
+                     and len(data) == len(indices) and np.all(np.diff(indptr) >= 0)
+                     and (not len(indices) or (indices.min() >= 0 and indices.max() < max(documents, 1)))
+                     and np.isfinite(data).all() and np.all(data >= 0))
+        if not sound:
+            raise ValueError("BM25 arrays are damaged")
         return cls(*arrays, vocab, documents, groups)
 
     def terms(self, query: str) -> list[str]:

@@ -184,6 +184,12 @@ def _checksums(folder: Path, unreadable_ok: bool = False) -> dict[str, str]:
     return out
 
 
+def unit_rows_ok(vectors: np.ndarray) -> np.ndarray:
+    """Per row, whether it is unit length as every stored vector is (damaged floats may overflow)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.abs(np.linalg.norm(vectors, axis=1) - 1) <= NORM_TOLERANCE
+
+
 def faiss_index_for(vectors: np.ndarray):
     """A FAISS inner-product index over normalised vectors: exact when small, HNSW when large."""
     import faiss
@@ -355,30 +361,27 @@ class Index:
         With `passages`, `rows_where`, `paper_groups`, `lexical`, `paper_lexical`
         and `tokens`, this is all ranking needs from storage: the seam where a
         remote search engine would plug in (docs/scaling-out.md). Raises IndexDamaged when a hit's stored vector is
-        not unit length, which only damage on disk can cause.
+        not unit length.
         """
         import faiss
 
         params = None if allowed is None else faiss.SearchParameters(sel=faiss.IDSelectorBatch(allowed))
         scores, rows = self.faiss.search(vector.reshape(1, -1).astype(np.float32), k, params=params)
         hits = {int(r): float(s) for r, s in zip(rows[0], scores[0]) if r >= 0}
-        self._check_norms(list(hits)[:50])  # the ones that can reach a result
+        self.vectors(list(hits)[:50])  # checks the ones that can reach a result
         return hits
 
-    def _check_norms(self, rows: list[int]) -> None:
-        if rows:
-            with np.errstate(over="ignore", invalid="ignore"):  # damaged floats may overflow
-                norms = np.linalg.norm(self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64)), axis=1)
-            if not np.all(np.abs(norms - 1) <= NORM_TOLERANCE):
-                raise self.damaged(f"{self.folder / VECTORS} holds damaged vectors")
-
-    def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
-        """Stored vectors by row (all when rows is None)."""
+    def vectors(self, rows: Sequence[int] | None = None, check: bool = True) -> np.ndarray:
+        """Stored vectors by row (all when rows is None). Raises IndexDamaged when one is not unit length,
+        which only damage on disk can cause, unless `check` is off (a build sorts out the sound ones)."""
         if rows is None:
             rows = range(self.size)
         if not len(rows):
             return np.zeros((0, self.manifest.dim), np.float32)
-        return self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        vectors = self.faiss.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        if check and not unit_rows_ok(vectors).all():
+            raise self.damaged(f"{self.folder / VECTORS} holds damaged vectors")
+        return vectors
 
     def damaged_files(self) -> set[str]:
         """Files of this generation (relative names) whose checksum no longer matches the manifest."""

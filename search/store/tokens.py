@@ -242,7 +242,29 @@ class TokenStore:
                 or offsets[0] != 0 or offsets[-1] != len(codes) or len(arrays[SCALES]) != len(codes)
                 or np.any(np.diff(offsets) <= 0)):
             raise ValueError("token arrays disagree in length")
+        _check_numbers(codec, np.asarray(arrays[SCALES]))
         return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets)
+
+
+def _check_numbers(codec: TokenCodec, scales: np.ndarray) -> None:
+    """ValueError unless the codec and the token scales are numbers a fitted store can hold.
+
+    Checksums are verified on open only for small generations; on a large one a
+    damaged basis made every score 8e36 and an inf scale hid the best review,
+    with exit 0. The mean of unit rows is at most unit length, the basis rows
+    are orthonormal, and a scale is a projected coordinate of at most 2 over
+    the code's top value (or 1 for a zero row): anything else is damage. These
+    arrays are small (the codes, which are not, stay memory-mapped).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        if not (np.isfinite(codec.mean).all() and np.linalg.norm(codec.mean) <= 1 + 1e-3):
+            raise ValueError("the codec's mean is damaged")
+        norms = np.linalg.norm(codec.basis, axis=1)
+        if not (np.isfinite(codec.basis).all() and np.all(np.abs(norms - 1) <= 1e-3)):
+            raise ValueError("the codec's basis is damaged")
+        s = scales.astype(np.float32)
+        if not (np.isfinite(s).all() and np.all(s > 0) and np.all(s <= 1)):
+            raise ValueError("token scales out of range")
 
 
 def build_store(

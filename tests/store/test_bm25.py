@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -120,3 +122,14 @@ def test_no_terms_no_scores():
     idx = LexicalIndex.build(passage_terms(["문서 하나"]))
     assert not idx.scores("전혀 다른 말").any()
     assert LexicalIndex.build([]).scores("x").shape == (0,)
+
+
+def test_a_saved_index_loads_back_with_the_checks_on(tmp_path: Path):
+    # bm25s gives the empty term the last id and no column; the load-time checks must allow that
+    built = LexicalIndex.build([["모델", "학습"], ["학습", "비용"], []])
+    built.save(tmp_path)
+    loaded = LexicalIndex.load(tmp_path)
+    assert np.array_equal(loaded.scores_for(["학습"]), built.scores_for(["학습"]))
+    np.save(tmp_path / "indices.csc.index.npy", np.array([0, 1, 7, 1], dtype=np.int32))  # a row past the end
+    with pytest.raises(ValueError, match="BM25 arrays are damaged"):
+        LexicalIndex.load(tmp_path)

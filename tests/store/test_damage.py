@@ -249,3 +249,42 @@ def test_an_unreadable_file_in_the_live_generation_is_damage_and_a_rebuild_repla
     monkeypatch.undo()
     assert invoke("query", "hallucination", "--index", built).exit_code == 0
     assert str(path) != str(generation(built) / victim)
+
+
+# Above VERIFY_ON_OPEN_BYTES a generation's checksums are not read on open. These files are
+# then checked for the numbers they can hold (the token codes are not: #24's per-block checksums).
+NUMERIC = ["tokens/basis.npy", "tokens/mean.npy", "tokens/scales.npy", "lexical/indices.csc.index.npy",
+           "lexical/data.csc.index.npy", "lexical/indptr.csc.index.npy", "dense.faiss"]
+
+
+def answers(index: Path) -> list:
+    return [invoke(*args, "--index", index) for args in
+            (["query", "hallucination", "--json"], ["query", "LoRA 행렬", "--json", "--mode", "hybrid"],
+             ["related", "LoRA", "--json"], ["who", "음성 인식", "--json"])]
+
+
+@pytest.mark.parametrize("victim", NUMERIC)
+@pytest.mark.parametrize("how", ["inf", "xor20", "xor200"])
+def test_unverified_damage_to_numbers_is_an_error_never_a_different_answer(built: Path, monkeypatch, victim, how):
+    monkeypatch.setattr("search.store.index.VERIFY_ON_OPEN_BYTES", 0)  # as on a large index
+    undamaged = answers(built)
+    assert all(r.exit_code == 0 for r in undamaged), [r.output for r in undamaged]
+    before = [r.stdout for r in undamaged]
+    path = generation(built) / victim
+    data = bytearray(path.read_bytes())
+    rng = random.Random(f"{victim}{how}")
+    start = 128 if path.suffix == ".npy" else 0  # past the .npy header: damage to it fails to load anyway
+    if how == "inf":  # a float32 +inf over a few values (float16 files get two of them per write)
+        for _ in range(3):
+            i = rng.randrange(start, len(data) - 4) & ~3
+            data[i:i + 4] = np.array([np.inf], np.float32).tobytes()
+    else:
+        for _ in range(int(how[3:])):
+            data[rng.randrange(start, len(data))] ^= 0xFF
+    path.write_bytes(bytes(data))
+    for result, expected in zip(answers(built), before):
+        if result.exit_code == 0:
+            assert result.stdout == expected, f"{victim} damaged ({how}) changed an answer without an error"
+        else:
+            line = one_line_error(result)
+            assert "damaged" in line and "internal error" not in line and "rebuild with" in line, line
