@@ -151,7 +151,7 @@ def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = Fals
             f"indexed {summary.files} files, {summary.reviews} reviews, {summary.passages} passages "
             f"({summary.embedded} embedded, {summary.reused} reused, {summary.removed} removed"
             + (f", {summary.kept} kept from unreadable files" if summary.kept else "") + ") "
-            f"in {summary.seconds:.1f}s → {index_dir}",
+            f"in {summary.seconds:.1f}s → {index_dir}" + ("" if summary.written else " (unchanged: nothing written)"),
             err=err,
         )
 

@@ -28,7 +28,7 @@ from ..errors import BadRequest, IndexDamaged
 from ..store.bm25 import LexicalIndex, passage_terms
 from ..notes.reader import Problem, ReadResult, read_reviews
 from ..store.tokens import TokenStore, build_store
-from ..store.index import TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings, unit_rows_ok
+from ..store.index import SETTINGS, TOKENS, VECTORS, Index, StoredPassage, Writer, holds_an_index, read_settings, unit_rows_ok
 
 DEFAULT_ROOTS = ["seeds"]
 # A build that would drop more than this share of the index's passages because
@@ -55,6 +55,7 @@ class BuildSummary:
     tokens_embedded: int  # passages whose token states (for MaxSim) were computed rather than reused
     seconds: float
     embed_seconds: float  # the part of `seconds` spent embedding
+    written: bool = True  # False when the index already held exactly this and nothing was written
     problems: list[Problem] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -134,6 +135,9 @@ def build_index(
         kept = _kept(old, result, encoder.model_id, problems)
         records += [replace(p, row=len(records) + i) for i, p in enumerate(kept)]
 
+        if not full and _unchanged(writer, old, records, roots, encoder):
+            return _summary(index_dir, encoder, writer.previous.manifest, result, records, [], old, dropped, kept,
+                            0, started, 0.0, problems, written=False)
         reusable = _reusable_vectors(writer, old, encoder, full, problems)
         vectors, todo = _vectors(records, reusable, encoder.dim)
         if on_start:
@@ -159,6 +163,26 @@ def build_index(
         manifest = writer.write(encoder.model_id, encoder.dim, roots, records,
                                 vectors, lexical, paper_lexical, tokens)
         writer.commit()
+    return _summary(index_dir, encoder, manifest, result, records, todo, old, dropped, kept, tokens_embedded,
+                    started, embed_seconds, problems, written=True)
+
+
+def _unchanged(writer: Writer, old: list[StoredPassage], records: list[StoredPassage], roots: list[str],
+               encoder: Encoder) -> bool:
+    """Whether the live generation already holds exactly these passages, from these folders and this
+    model, undamaged: then a build writes nothing (a re-index of a large archive was a full rewrite)."""
+    if writer.previous is None or writer.previous_damaged or writer.previous_problem:
+        return False
+    if not (writer.index_dir / SETTINGS).is_file():  # a build rewrites it
+        return False
+    m = writer.previous.manifest
+    return (m.model_id, m.dim, m.roots) == (encoder.model_id, encoder.dim, roots) and old == records
+
+
+def _summary(index_dir: Path, encoder: Encoder, manifest, result: ReadResult, records: list[StoredPassage],
+             todo: list[int], old: list[StoredPassage], dropped: list[str], kept: list[StoredPassage],
+             tokens_embedded: int, started: float, embed_seconds: float, problems: list[Problem],
+             written: bool) -> BuildSummary:
     # A passage is gone when its file no longer has that text (copies elsewhere don't count).
     now = {(r.path, r.embed_text) for r in records}
     return BuildSummary(
@@ -176,6 +200,7 @@ def build_index(
         tokens_embedded=tokens_embedded,
         seconds=round(time.perf_counter() - started, 2),
         embed_seconds=round(embed_seconds, 2),
+        written=written,
         problems=problems,
     )
 

@@ -255,3 +255,18 @@ def test_each_folder_without_notes_is_named_in_a_warning(notes: Path, tmp_path: 
     summary = build_index([notes, tmp_path / "empty"], tmp_path / "idx", fake_encoder)
     assert summary.passages == 3
     assert [str(p) for p in summary.problems] == [f"{(tmp_path / 'empty').resolve()}: no .md notes found here"]
+
+
+def test_a_build_that_changes_nothing_writes_nothing(notes: Path, tmp_path: Path, fake_encoder):
+    first = build_index([notes], tmp_path / "idx", fake_encoder)
+    live = (tmp_path / "idx" / "CURRENT").read_text()
+    listing = sorted(p.name for p in (tmp_path / "idx").iterdir())
+    again = build_index(None, tmp_path / "idx", fake_encoder)
+    assert not again.written and first.written and again.embedded == 0 and again.passages == first.passages
+    assert (tmp_path / "idx" / "CURRENT").read_text() == live
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == listing
+    f = notes / "week3.md"
+    f.write_text(f.read_text(encoding="utf-8").replace("아쉬웠다.", "아쉬웠다. 새 문장이다."), encoding="utf-8")
+    changed = build_index(None, tmp_path / "idx", fake_encoder)
+    assert changed.written and (tmp_path / "idx" / "CURRENT").read_text() != live
+    assert build_index(None, tmp_path / "idx", fake_encoder, full=True).written  # --full always rebuilds
