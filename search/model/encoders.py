@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -29,14 +29,13 @@ if TYPE_CHECKING:
 BATCH_SIZE = 16
 
 
-def _in_batches(embed: Callable[[list[str]], np.ndarray], texts: Sequence[str], dim: int, progress: Progress | None) -> np.ndarray:
-    out = np.zeros((len(texts), dim), dtype=np.float32)
-    for i in range(0, len(texts), BATCH_SIZE):
-        batch = list(texts[i : i + BATCH_SIZE])
-        out[i : i + len(batch)] = embed(batch)
-        if progress:
-            progress(len(batch))
-    return out
+def _length_sorted_batches(texts: Sequence[str]) -> Iterator[list[int]]:
+    """Positions of `texts` in batches of BATCH_SIZE, by length: a batch is padded to its longest
+    text, so batches of mixed lengths spend much of their work on padding (#22 measured 1.6x less
+    CPU per passage sorted). Callers put each result back at its position."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), BATCH_SIZE):
+        yield order[start : start + BATCH_SIZE]
 
 
 class SentenceTransformerEncoder:
@@ -80,7 +79,7 @@ class SentenceTransformerEncoder:
         return np.asarray(vectors, dtype=np.float32)
 
     def embed_passages(self, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-        return _in_batches(lambda b: self._encode(b, "passage"), texts, self.dim, progress)
+        return self._embed_sorted(texts, progress, with_tokens=False)[0]
 
     def embed_query(self, text: str) -> np.ndarray:
         return self._encode([text], "query")[0]
@@ -103,14 +102,20 @@ class SentenceTransformerEncoder:
         return vectors, tokens
 
     def embed_passages_and_tokens(self, texts: Sequence[str], progress: Progress | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
-        vectors, tokens = np.zeros((len(texts), self.dim), np.float32), []
-        for i in range(0, len(texts), BATCH_SIZE):
-            batch = list(texts[i : i + BATCH_SIZE])
-            vectors[i : i + len(batch)], more = self._both(batch, "passage")
-            tokens += more
+        return self._embed_sorted(texts, progress, with_tokens=True)
+
+    def _embed_sorted(self, texts: Sequence[str], progress: Progress | None, with_tokens: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        vectors, states = np.zeros((len(texts), self.dim), np.float32), [np.zeros((0, self.dim), np.float32)] * len(texts)
+        for batch in _length_sorted_batches(texts):
+            if with_tokens:
+                vectors[batch], more = self._both([texts[i] for i in batch], "passage")
+                for i, s in zip(batch, more):
+                    states[i] = s
+            else:
+                vectors[batch] = self._encode([texts[i] for i in batch], "passage")
             if progress:
                 progress(len(batch))
-        return vectors, tokens
+        return vectors, states
 
     def embed_query_tokens(self, text: str) -> np.ndarray:
         return self._both([text], "query")[1][0]
