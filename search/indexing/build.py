@@ -35,6 +35,9 @@ DEFAULT_ROOTS = ["seeds"]
 # folders it covers now hold no notes is refused unless told to: a moved,
 # unmounted or emptied folder should not silently empty the index.
 REMOVE_SHARE = 0.10
+# Passages embedded per call to the model: each call's token states are encoded before the
+# next, so a build holds a chunk's float32 states, not every new passage's (~200 KB each).
+EMBED_CHUNK = 256
 
 
 @dataclass
@@ -110,8 +113,8 @@ def build_index(
     it no longer covers are removed. A build that would remove more than
     REMOVE_SHARE of the index's passages because covered folders hold no notes
     now raises BadRequest with nothing changed, unless `allow_remove`.
-    `on_start(n)` is called with the number of passages to embed, `progress(k)`
-    as each batch is done. Raises IndexBusy if another build holds the index,
+    `on_start(n)` is called with the number of passages to embed (vectors and
+    token states come from one pass), `progress(k)` as each batch is done. Raises IndexBusy if another build holds the index,
     DiskError if the disk refuses the new generation (the old one stays live).
     """
     started = time.perf_counter()
@@ -140,18 +143,25 @@ def build_index(
                             0, started, 0.0, problems, written=False)
         reusable = _reusable_vectors(writer, old, encoder, full, problems)
         vectors, todo = _vectors(records, reusable, encoder.dim)
-        if on_start:
-            on_start(len(todo))
-        embed_start = time.perf_counter()
-        fresh: dict[int, np.ndarray] = {}
-        if todo:
-            # One forward pass gives both the passage vector and its token states.
-            vectors[todo], states = encoder.embed_passages_and_tokens([records[i].embed_text for i in todo], progress)
-            fresh = dict(zip(todo, states))
         old_tokens, old_rows = _reusable_tokens(writer, old, reusable, problems)
+        texts = [r.embed_text for r in records]
+        needed = set(todo)
+        embed_start = time.perf_counter()
+
+        def embed(rows: list[int]):
+            # One forward pass gives both the passage vector and its token states; a chunk at a
+            # time, so only a chunk's states are held before the token store encodes them.
+            for start in range(0, len(rows), EMBED_CHUNK):
+                chunk = rows[start : start + EMBED_CHUNK]
+                got, states = encoder.embed_passages_and_tokens([texts[i] for i in chunk], progress)
+                for i, v in zip(chunk, got):
+                    if i in needed:  # a reused vector stays as stored
+                        vectors[i] = v
+                yield chunk, states
+
         tokens, tokens_embedded = build_store(
-            [r.key for r in records], [r.embed_text for r in records],
-            lambda texts: encoder.embed_passages_and_tokens(texts)[1], old_tokens, old_rows, fresh,
+            [r.key for r in records], embed, old_tokens, old_rows, needed,
+            lambda rows: sum(encoder.count_tokens(texts[i]) for i in rows), on_plan=on_start,
         )
         embed_seconds = time.perf_counter() - embed_start
 

@@ -12,9 +12,10 @@ again with the model and re-encoded.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -48,15 +49,25 @@ class TokenCodec:
 
     @classmethod
     def fit(cls, states: np.ndarray, dim: int = CODEC_DIM, bits: int = CODEC_BITS) -> "TokenCodec":
-        """Fit on unit token rows (n, d_model); with fewer tokens than `dim`, keeps what there is."""
-        x = unit_rows(states)
-        mean = x.mean(axis=0) if len(x) else np.zeros(x.shape[1], np.float32)
-        # SVD of the centred tokens: its right singular vectors are the principal directions.
-        _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-        basis = vt[: min(dim, len(vt))]
-        if len(basis) < dim:  # too few tokens to fit `dim` directions: complete with an orthonormal basis
-            q, _ = np.linalg.qr(np.vstack([basis, np.eye(x.shape[1], dtype=np.float32)]).T)
-            basis = q.T[:dim]
+        """Fit on unit token rows (n, d_model)."""
+        return cls.fit_parts([states], dim, bits)
+
+    @classmethod
+    def fit_parts(cls, parts: Iterable[np.ndarray], dim: int = CODEC_DIM, bits: int = CODEC_BITS) -> "TokenCodec":
+        """Fit on token rows given in parts (one passage's each), never stacked: the mean and the
+        principal directions come from sums accumulated in float64 (d_model x d_model), so fitting on
+        n tokens costs no n-sized copy, where an SVD of the stacked tokens took several (#22)."""
+        count, total, gram = 0, None, None
+        for part in parts:
+            x = unit_rows(part).astype(np.float64)
+            if total is None:
+                total, gram = np.zeros(x.shape[1]), np.zeros((x.shape[1], x.shape[1]))
+            count, total, gram = count + len(x), total + x.sum(axis=0), gram + x.T @ x
+        mean = total / max(count, 1)
+        # The centred tokens' covariance; its eigenvectors by falling eigenvalue are the principal directions
+        # (all d_model of them, so a codec fitted on fewer tokens than `dim` still has `dim` orthonormal rows).
+        values, vectors = np.linalg.eigh(gram - count * np.outer(mean, mean))
+        basis = vectors[:, np.argsort(values)[::-1][:dim]].T
         return cls(mean.astype(np.float32), np.ascontiguousarray(basis, dtype=np.float32), bits)
 
     @property
@@ -153,8 +164,15 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
 # Refit the codec (and re-embed every passage's tokens) once the index holds this
 # many times the tokens it was fitted on: a codec fitted on a first small week
 # lost 0.03 nDCG on a three-times-larger index (docs/ranking.md, "Token storage"), while
-# doubling keeps the re-embedding cost to at most one extra full pass overall.
+# doubling keeps the re-embedding cost to at most one extra full pass overall...
 REFIT_GROWTH = 2.0
+# ...until it was fitted on this many tokens (about 1,500 passages): then it is kept for
+# good, and a build holds at most this many tokens' states in float32 (300 MB), not every
+# new passage's (#22). Indexes up to this size are fitted on all their tokens, as before.
+# A sample is not free: a codec fitted on a third of dev-corpus-2's tokens (6.7k of
+# 19k) lowered its late nDCG@10 from 0.853 to 0.823, but 6.7k tokens are too few for
+# 256 directions of 384; this is 30 times that (docs/ranking.md, "Token storage").
+FIT_TOKENS = 200_000
 CODES, SCALES, OFFSETS, MEAN, BASIS, INFO = (
     "codes.npy", "scales.npy", "offsets.npy", "mean.npy", "basis.npy", "codec.json")
 
@@ -212,7 +230,7 @@ class TokenStore:
 
     def needs_refit(self, total_tokens: int) -> bool:
         """Whether an index of `total_tokens` tokens has outgrown the data the codec was fitted on."""
-        return total_tokens >= REFIT_GROWTH * max(self.fitted_tokens, 1)
+        return self.fitted_tokens < FIT_TOKENS and total_tokens >= REFIT_GROWTH * max(self.fitted_tokens, 1)
 
     def save(self, folder: Path) -> None:
         """Write arrays as .npy (no pickle) and the codec's settings as JSON into `folder`."""
@@ -267,36 +285,64 @@ def _check_numbers(codec: TokenCodec, scales: np.ndarray) -> None:
             raise ValueError("token scales out of range")
 
 
+Embed = Callable[[list[int]], Iterator[tuple[list[int], list[np.ndarray]]]]
+
+
 def build_store(
     keys: list[str],
-    texts: list[str],
-    embed: Callable[[list[str]], list[np.ndarray]],
+    embed: Embed,
     old: TokenStore | None,
     old_rows: dict[str, int],
-    fresh: dict[int, np.ndarray],
+    must_embed: set[int],
+    new_tokens: Callable[[list[int]], int],
+    on_plan: Callable[[int], None] | None = None,
 ) -> tuple[TokenStore, int]:
-    """The token store for passages `keys`/`texts` (row-aligned) and how many passages were embedded.
+    """The token store for passages `keys` (row order) and how many passages were embedded.
 
-    `fresh` holds token states already computed (row -> states, from the pass
-    that embedded the new passages' vectors). Passages whose key is in
-    `old_rows` reuse their stored codes from `old`; the rest are embedded with
-    `embed`. Without an old store, or once the index has outgrown what its
-    codec was fitted on (REFIT_GROWTH), the codec is fitted anew on every
-    passage's tokens and all are encoded with it.
+    Rows in `must_embed` (their vectors are needed anyway) and rows whose key is
+    not in `old_rows` are embedded; the rest reuse their stored codes from `old`.
+    `embed(rows)` yields, batch by batch, rows and their token states (the
+    caller keeps the vectors of the same pass). States are encoded as they come,
+    so what is held in float32 is bounded by the codec's sample: without an old
+    store, or once the index outgrows what its codec was fitted on
+    (`needs_refit`, judged with `new_tokens(rows)`, an estimate of the tokens of
+    rows to embed), every passage is embedded and the codec is fitted on the
+    first FIT_TOKENS of them in a fixed random order (on all of them in row order
+    when they are fewer), then the rest are encoded with it. `on_plan(n)` is
+    told how many passages will be embedded before the first is.
     """
-    states = dict(fresh)
-    reuse = {i: old_rows[k] for i, k in enumerate(keys) if old is not None and k in old_rows and i not in states}
-    todo = [i for i in range(len(keys)) if i not in reuse and i not in states]
-    states.update(zip(todo, embed([texts[i] for i in todo]) if todo else []))
-    total = sum(len(s) for s in states.values()) + sum(int(old.offsets[j + 1] - old.offsets[j]) for j in reuse.values())
-    if old is None or old.needs_refit(total):
-        rest = sorted(reuse)
-        states.update(zip(rest, embed([texts[i] for i in rest]) if rest else []))
-        every = [states[i] for i in range(len(keys))]
-        if not every:  # an empty index has nothing to fit on; the next build fits
+    reuse = {i: old_rows[k] for i, k in enumerate(keys) if old is not None and k in old_rows and i not in must_embed}
+    todo = [i for i in range(len(keys)) if i not in reuse]
+    refit = old is None or old.needs_refit(new_tokens(todo) + sum(int(old.offsets[j + 1] - old.offsets[j]) for j in reuse.values()))
+    if refit:
+        reuse = {}
+        # A fixed pseudo-random order, so the codec's sample covers the whole corpus, not its first weeks.
+        todo = sorted(range(len(keys)), key=lambda i: hashlib.blake2b(keys[i].encode(), digest_size=8).digest())
+    encoded: list[Encoded | None] = [old.encoded(reuse[i]) if i in reuse else None for i in range(len(keys))]
+    codec, fitted = (None, 0) if refit else (old.codec, old.fitted_tokens)
+    if on_plan:
+        on_plan(len(todo))
+    held: dict[int, np.ndarray] = {}
+    for rows, states in embed(todo):
+        if codec is not None:
+            for i, st in zip(rows, states):
+                encoded[i] = codec.encode(st)
+            continue
+        held.update(zip(rows, states))
+        if sum(len(st) for st in held.values()) >= FIT_TOKENS:
+            codec, fitted = _fit_and_encode(held, encoded)
+            held = {}
+    if codec is None:
+        if not held:  # an empty index has nothing to fit on; the next build fits
             return TokenStore.from_encoded(TokenCodec(np.zeros(1, np.float32), np.eye(1, dtype=np.float32)), 0, []), 0
-        fit_on = np.vstack(every)
-        codec = TokenCodec.fit(fit_on)
-        return TokenStore.from_encoded(codec, len(fit_on), [codec.encode(s) for s in every]), len(keys)
-    encoded = [old.encoded(reuse[i]) if i in reuse else old.codec.encode(states[i]) for i in range(len(keys))]
-    return TokenStore.from_encoded(old.codec, old.fitted_tokens, encoded), len(states)
+        codec, fitted = _fit_and_encode(held, encoded)
+    return TokenStore.from_encoded(codec, fitted, encoded), len(todo)
+
+
+def _fit_and_encode(held: dict[int, np.ndarray], encoded: list) -> tuple[TokenCodec, int]:
+    """Fit a codec on the held states (in row order) and encode them into `encoded`."""
+    rows = sorted(held)
+    codec = TokenCodec.fit_parts(held[i] for i in rows)
+    for i in rows:
+        encoded[i] = codec.encode(held[i])
+    return codec, sum(len(held[i]) for i in rows)

@@ -133,6 +133,51 @@ def test_index_that_doubles_refits_the_codec_and_reencodes_everything(notes: Pat
         assert idx.tokens.fitted_tokens == idx.tokens.total_tokens
 
 
+def _more_weeks(notes: Path, n: int) -> None:
+    for i in range(n):
+        (notes / f"week{4 + i}.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("3주차", f"{4 + i}주차")
+                                               .replace("모델이다", f"모델이다 {i}번째"), encoding="utf-8")
+
+
+def test_a_codec_fitted_on_a_full_sample_is_kept_and_no_old_passage_is_embedded_again(
+    notes: Path, tmp_path: Path, fake_encoder, monkeypatch
+):
+    monkeypatch.setattr(token_store, "FIT_TOKENS", 20)  # the sample: a few passages' tokens
+    monkeypatch.setattr("search.indexing.build.EMBED_CHUNK", 1)
+    first = build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        fitted, total = idx.tokens.fitted_tokens, idx.tokens.total_tokens
+    assert 20 <= fitted < total and first.tokens_embedded == first.passages
+    _more_weeks(notes, 3)  # four times the tokens: before, a refit and every passage embedded again
+    grown = build_index([notes], tmp_path / "idx", fake_encoder)
+    assert grown.tokens_embedded == grown.embedded < grown.passages - first.passages  # copies reuse theirs
+    with open_index(tmp_path / "idx") as idx:
+        assert idx.tokens.fitted_tokens == fitted and len(idx.tokens) == idx.size
+
+
+def test_a_build_holds_the_states_of_the_codec_sample_and_a_chunk_not_every_passage(monkeypatch):
+    import gc
+    import weakref
+
+    monkeypatch.setattr(token_store, "FIT_TOKENS", 10)
+    rng = np.random.default_rng(0)
+    alive: list[weakref.ref] = []
+    held_at_request: list[int] = []
+
+    def embed(rows):
+        for start in range(0, len(rows), 2):
+            gc.collect()
+            held_at_request.append(sum(r() is not None for r in alive))
+            states = [token_rules.unit_rows(rng.normal(size=(5, 384)).astype(np.float32)) for _ in rows[start:start + 2]]
+            alive.extend(weakref.ref(s) for s in states)
+            yield rows[start:start + 2], states
+
+    store, embedded = token_store.build_store([f"k{i}" for i in range(12)], embed, None, {}, set(range(12)), lambda rows: 0)
+    assert embedded == 12 and len(store) == 12 and store.fitted_tokens == 10
+    # the first two chunks are the sample; after the fit nothing earlier than the current chunk is alive
+    assert max(held_at_request[3:]) <= 2, held_at_request
+
+
 def test_damaged_token_file_is_a_one_line_error(notes: Path, tmp_path: Path, fake_encoder):
     build_index([notes], tmp_path / "idx", fake_encoder)
     with open_index(tmp_path / "idx") as idx:
