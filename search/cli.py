@@ -124,14 +124,22 @@ def index(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(
-            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
+            # rich's own estimate of the recent rate; empty until the first batches are done
+            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
             console=err, transient=True, disable=as_json or not err.is_terminal,
         ) as bar:
-            task = bar.add_task("embed", total=0)
+            task = bar.add_task("embed", total=0, rate="")
+
+            def advance(k: int) -> None:
+                bar.advance(task, k)
+                speed = bar.tasks[0].speed
+                bar.update(task, rate=f"{speed:.1f} passages/s" if speed else "")
+
             summary = build_index(
                 paths, index_dir, encoder, full=full, replace_roots=replace, allow_remove=allow_remove,
                 on_start=lambda n: bar.update(task, total=n),
-                progress=lambda k: bar.advance(task, k),
+                progress=advance,
             )
     _report_build(summary, index_dir, as_json)
 
