@@ -74,6 +74,10 @@ TOKEN_COOKIE = "review_search_token"
 KEEP_ALIVE_TIMEOUT = 5
 HEADER_TIMEOUT = 10.0
 MAX_HEADER_BYTES = 16 * 1024
+# Only /mcp takes a body, a JSON-RPC call whose longest useful argument is a 500-character
+# query (a paper name: 300): this is room for that many times over. A 300,000-character
+# `related` (879 KB) once held the index thread for 12 s.
+MAX_BODY_BYTES = 64 * 1024
 MAX_CONCURRENCY = 64
 LISTEN_BACKLOG = 1024  # connections the kernel completes before the server accepts them
 
@@ -149,6 +153,19 @@ class InFlightLimit:
             self.active -= 1
 
 
+def _capped(receive: Receive) -> Receive:
+    """`receive` for a body of unknown length: past MAX_BODY_BYTES the app is told the client left."""
+    seen = 0
+
+    async def capped() -> dict:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        return {"type": "http.disconnect"} if seen > MAX_BODY_BYTES else message
+
+    return capped
+
+
 class Guard:
     """ASGI middleware in front of every route (page, API, static files, /mcp): host check and access token.
 
@@ -174,6 +191,12 @@ class Guard:
             await _json(431, {"error": "request headers too large"})(scope, receive, send)
             return
         request = Request(scope)
+        length = request.headers.get("content-length", "")
+        if length and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _json(413, {"error": f"request body over {MAX_BODY_BYTES // 1024} KiB"})(scope, receive, send)
+            return
+        if not length and "chunked" in request.headers.get("transfer-encoding", "").lower():
+            receive = _capped(receive)
         if self.loopback and not local_host_header(request.headers.get("host", "")):
             await _json(403, {"error": "this server answers only requests addressed to localhost"})(scope, receive, send)
             return

@@ -726,3 +726,25 @@ def test_page_shows_bidi_and_control_characters_as_escapes(tmp_path: Path, fake_
     # the form still sends the name as stored, so the filter it offers works
     assert 'value="이영&#x202e;희"' in pages[0]
     assert reviewer_filter[0] == 200 and reviewer_filter[1]
+
+
+def test_request_bodies_are_capped_to_what_a_call_can_use(server):
+    from search.http.server import MAX_BODY_BYTES
+
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    huge = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+                       "params": {"name": "related", "arguments": {"paper": "가" * 300_000}}})
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    started = time.monotonic()
+    conn.request("POST", "/mcp", body=huge.encode(), headers=accept)
+    response = conn.getresponse()
+    assert response.status == 413 and b"request body over" in response.read()
+    assert time.monotonic() - started < 5
+    conn.close()
+    # a body without a length is cut off at the cap too: the app sees the client leave
+    conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
+    conn.request("POST", "/mcp", body=iter([b"x" * 1024] * (MAX_BODY_BYTES // 1024 + 8)), headers=accept,
+                 encode_chunked=True)
+    assert conn.getresponse().status != 200
+    conn.close()
+    assert call(server, "/health")[0] == 200
