@@ -6,6 +6,7 @@ Library errors become one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import shlex
+import sys
 from dataclasses import asdict
 from enum import Enum
 from contextlib import contextmanager
@@ -81,8 +82,6 @@ def clean_errors(index_dir: Path | None = None) -> Iterator[None]:
 def emit_json(payload) -> None:
     """Every command's --json output: UTF-8 text as is, one style; on a terminal, characters that
     would act on it are written as JSON escapes (the same JSON, only spelled safely)."""
-    import sys
-
     from .display import json_text
 
     typer.echo(json_text(payload, terminal=sys.stdout.isatty()))
@@ -112,11 +111,12 @@ def index(
 
     with clean_errors(index_dir):
         encoder = load_encoder(model or read_settings(index_dir).model_id)
-        roots = build_roots(paths, index_dir, replace)
     if watch:
         for flag, on in (("--full", full), ("--replace", replace)):
             if on:
                 fail(f"{flag} and --watch do not go together: run `index {flag}` once, then `index --watch`", 2)
+        with clean_errors(index_dir):
+            roots = build_roots(paths, index_dir)
         _watch_index(index_dir, roots, encoder, as_json)
         return
     with clean_errors(index_dir):
@@ -124,24 +124,28 @@ def index(
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         with Progress(
-            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(),
-            # rich's own estimate of the recent rate; empty until the first batches are done
-            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(),
+            TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _rate_column(), TimeRemainingColumn(),
             console=err, transient=True, disable=as_json or not err.is_terminal,
         ) as bar:
-            task = bar.add_task("embed", total=0, rate="")
-
-            def advance(k: int) -> None:
-                bar.advance(task, k)
-                speed = bar.tasks[0].speed
-                bar.update(task, rate=f"{speed:.1f} passages/s" if speed else "")
-
+            task = bar.add_task("embed", total=0)
             summary = build_index(
                 paths, index_dir, encoder, full=full, replace_roots=replace, allow_remove=allow_remove,
                 on_start=lambda n: bar.update(task, total=n),
-                progress=advance,
+                progress=lambda k: bar.advance(task, k),
             )
     _report_build(summary, index_dir, as_json)
+
+
+def _rate_column():
+    """A progress column with rich's estimate of the recent rate, empty until the first batches are done."""
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class Rate(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} passages/s" if task.speed else "")
+
+    return Rate()
 
 
 def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = False, err: bool = False) -> None:
@@ -404,7 +408,7 @@ def serve(
 
 @app.command("mcp")
 def mcp_(index_dir: Path = IndexOpt, watch: bool = WatchOpt) -> None:
-    """Serve the index to AI assistants over MCP on stdin/stdout (tools: search, related, get_review, list_papers, index_status)."""
+    """Serve the index to AI assistants over MCP on stdin/stdout (tools: search, related, seen, who, get_review, list_papers, index_status)."""
     from .mcp import run_stdio
     from .service import SearchService
 

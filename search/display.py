@@ -37,27 +37,23 @@ def clean(text: str, *, single_line: bool = False) -> str:
     Newlines and tabs are kept, unless `single_line`: names, titles, paths and
     one-line messages must not be able to start a line of their own.
     """
-    keep = "" if single_line else "\n\t"
-    return "".join(f"\\u{ord(ch):04x}" if ch not in keep and unsafe(ch) else ch for ch in text)
+    return respell_unsafe(text, lambda ch: f"\\u{ord(ch):04x}", keep="" if single_line else "\n\t")
+
+
+def respell_unsafe(text: str, spell, keep: str = "") -> str:
+    """`text` with every character that would act on a terminal or reorder text (see _UNSAFE),
+    but those in `keep`, replaced by `spell(ch)`: an escape for the terminal, a reference for HTML."""
+    return "".join(spell(ch) if ch not in keep and unicodedata.category(ch) in _UNSAFE else ch for ch in text)
 
 
 def json_text(payload, terminal: bool = False) -> str:
     """`payload` as indented JSON with UTF-8 text as is; for a terminal, every unsafe character
-    (bidi overrides, C1 controls: see `unsafe`) as a `\\uXXXX` escape, which JSON reads back the same.
+    (bidi overrides, C1 controls) as a `\\uXXXX` escape, which JSON reads back the same (`clean`).
     Lone surrogates (from file names that are not UTF-8) are escaped everywhere: they cannot be written."""
     import json
 
     text = json.dumps(payload, ensure_ascii=False, indent=1)
-
-    def escape(ch: str) -> bool:
-        return unicodedata.category(ch) == "Cs" or (terminal and ch != "\n" and unsafe(ch))
-
-    return "".join(f"\\u{ord(ch):04x}" if escape(ch) else ch for ch in text)
-
-
-def unsafe(ch: str) -> bool:
-    """Whether a character would act on a terminal or reorder text instead of being shown (see _UNSAFE)."""
-    return unicodedata.category(ch) in _UNSAFE
+    return clean(text) if terminal else text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def display_path(path: str) -> str:

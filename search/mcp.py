@@ -38,7 +38,9 @@ from mcp_types import CallToolResult, TextContent
 from pydantic import BaseModel, Field
 from starlette.types import ASGIApp
 
+from .display import week_label
 from .errors import ReviewSearchError
+from .rank.people import TOP_ITEMS
 from .rank.searcher import Hit
 from .rank.request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, RelatedRequest, SearchRequest
 from .service import SearchService
@@ -275,7 +277,7 @@ def build_server(service: SearchService) -> MCPServer:
                 closest=[TopicInfo(**_topic(t)) for t, _ in r.closest],
             )
             if r.reviewed:
-                lines = [f"reviewed: {m.paper} · week {m.week} · presenter {m.presenter} · {m.cite}" for m in result.matches]
+                lines = [f"reviewed: {m.paper} · {week_label(m.week)} · presenter {m.presenter} · {m.cite}" for m in result.matches]
             else:
                 lines = ["not reviewed", *(f"mentioned in: {m.paper} · {m.cite}" for m in result.mentioned_in),
                          *(f"closest: {t.paper} · {t.cite}" for t in result.closest)]
@@ -301,7 +303,7 @@ def build_server(service: SearchService) -> MCPServer:
                     WhoEvidence(**_hit_fields(e.hit), role="presented" if e.presented else "reviewed", rank=e.rank)
                     for e in p.evidence])
                 for p in people])
-            lines = [f"{i}. {p.name} {p.score:.2f}: " + "; ".join(f"{e.role} {e.paper} ({e.cite})" for e in p.evidence[:3])
+            lines = [f"{i}. {p.name} {p.score:.2f}: " + "; ".join(f"{e.role} {e.paper} ({e.cite})" for e in p.evidence[:TOP_ITEMS])
                      for i, p in enumerate(result.people, 1)]
             return _result(result, lines)
 

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..display import clean, unsafe
+from ..display import clean, respell_unsafe
 from ..errors import ReviewSearchError
 from ..rank.request import RelatedRequest
 from .params import SEARCH_PARAMS, answer, parse_search, query_params
@@ -61,7 +61,7 @@ def _shown(value: Any) -> Any:
 def form_value(value: Any) -> Markup:
     """`value` for an HTML attribute that is sent back (a form field): exactly the text, with control and
     bidi characters as character references, so the page source carries none raw."""
-    return Markup("".join(f"&#x{ord(ch):x};" if unsafe(ch) else str(escape(ch)) for ch in str(value)))
+    return Markup(respell_unsafe(str(escape(str(value))), lambda ch: f"&#x{ord(ch):x};"))
 
 
 def week_label(week: int | None) -> str:

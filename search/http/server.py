@@ -277,7 +277,6 @@ def api_routes(service: SearchService, pages: Pages) -> list[Route]:
 
 def create_app(service: SearchService, *, host: str, token: str | None) -> ASGIApp:
     """The whole server as one ASGI app for `host`: page, API, static files and /mcp, all behind `Guard`."""
-
     pages = Pages(service)
 
     async def http_error(request: Request, exc: Exception) -> Response:
@@ -359,9 +358,9 @@ def _raise_open_file_limit() -> None:
         import resource
 
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = hard if hard != resource.RLIM_INFINITY else 65536
+        want = 65536 if hard == resource.RLIM_INFINITY else min(hard, 65536)
         if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(want, 65536), hard))
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     except (ImportError, ValueError, OSError):  # not on Windows; or not allowed: keep the limit
         pass
 

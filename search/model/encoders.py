@@ -86,7 +86,6 @@ class SentenceTransformerEncoder:
 
     def _both(self, texts: list[str], kind: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """Pooled unit vectors and MaxSim token states from one forward pass."""
-
         prefix = self.prefixes[kind]
         tokenizer = self.model.tokenizer
         batch = [prefix + t for t in texts]
@@ -176,7 +175,6 @@ class DefaultE5Encoder:
 
     def embed_query_and_tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """The numpy pass's pooled vector and MaxSim rows: one pass where late ranking needs both."""
-
         if self._token_encoder is None:
             from .convert import ensure_model
             from .query_encoder import QueryTokenEncoder

@@ -86,9 +86,10 @@ def match_titles(query: str, titles: list[str], loose: bool = False) -> list[Tit
     if not q:
         return []
     unique = list(dict.fromkeys(titles))
+    normalised = {t: normalise_title(t) for t in unique}
     tiers: dict[str, list[TitleMatch]] = {"title": [], "short name": [], "prefix": [], "fuzzy": []}
     for t in unique:
-        title, short = normalise_title(t), short_name(t)
+        title, short = normalised[t], short_name(t)
         if not title:
             continue
         if q == title:
@@ -104,11 +105,11 @@ def match_titles(query: str, titles: list[str], loose: bool = False) -> list[Tit
                 tiers["fuzzy"].append(TitleMatch(t, "fuzzy", round(score, 1)))
     if loose:
         word = query.strip().upper()
-        tiers["words"] = [TitleMatch(t, "words") for t in unique if f" {q} " in f" {normalise_title(t)} "]
+        tiers["words"] = [TitleMatch(t, "words") for t in unique if f" {q} " in f" {normalised[t]} "]
         tiers["acronym"] = [TitleMatch(t, "acronym") for t in unique
                             if len(word) >= 2 and word.isalnum() and initials(t).startswith(word)]
         if sum(ch.isalnum() for ch in q) >= FUZZY_MIN_CHARS:
-            tiers["similar"] = _similar(query, [t for t in unique if normalise_title(t)])
+            tiers["similar"] = _similar(query, [t for t in unique if normalised[t]])
     for matches in tiers.values():
         if matches:
             return sorted(matches, key=lambda m: -(m.score or 100))

@@ -20,7 +20,6 @@ from ..store.index import Index, StoredPassage
 from ..notes.titles import match_titles
 
 
-
 def match_topic(query: str, titles: list[str]) -> str:
     """The one reviewed title `query` names (`titles.match_titles`, loose tiers too); several are an error listing them."""
     if not query.strip():

@@ -93,7 +93,6 @@ class Searcher:
             self._check(self._encoder)
         return self._encoder
 
-
     def dense_scores(self, vector: np.ndarray, allowed: np.ndarray | None, limit: int) -> dict[int, float]:
         """Cosine similarity of the query `vector` to its `limit` nearest (allowed) rows."""
         n = min(limit, self.index.size if allowed is None else len(allowed))
@@ -237,7 +236,7 @@ def _why_nothing(index: Index, f: Filters) -> str:
             asked = f"week {lo}" if lo == hi else f"weeks {lo}-{hi}"
             held = f"; the index holds weeks {', '.join(map(str, weeks))}" if weeks else "; no file has a week"
             return f"no {asked} in the index{held}"
-    if f.section is not None and not len(index.rows_where("section = ?", [f.section.value])):
+    if f.section is not None and not len(index.rows_where(*Filters(section=f.section).sql())):
         return f"no passage is of the kind {f.section.value}"
     return "each filter matches, but not together"
 
@@ -245,7 +244,6 @@ def _why_nothing(index: Index, f: Filters) -> str:
 def _nearest(value: str, known: list[str], what: str, n: int = 3) -> str:
     """`; closest: a, b` (values containing it, or with a word spelled alike), else a few of the known values."""
     from difflib import SequenceMatcher
-
 
     folded = value.casefold()
 

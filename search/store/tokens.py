@@ -7,7 +7,8 @@ decoding maps back to the model's space, so MaxSim stays a plain cosine. The
 mean and the projection are fitted on a build's tokens and then reused by the
 incremental builds that follow (stored codes stay valid), until the index has
 doubled in tokens; then they are refitted and every passage's tokens embedded
-again with the model and re-encoded.
+again with the model and re-encoded. Once fitted on FIT_TOKENS tokens (a
+sample of a larger build), the codec is kept for good.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from ..model.tokens import TOKEN_RULE, unit_rows
 CODEC_DIM = 256  # principal directions kept; docs/ranking.md, "Token storage", has the bytes/quality table
 SCORE_SLICE = 2048  # tokens per product in TokenCodec.cosines: 2 MB of planes, about one core's L2
 CODEC_BITS = 4
-
 
 
 @dataclass(frozen=True)
@@ -166,12 +166,13 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
 # lost 0.03 nDCG on a three-times-larger index (docs/ranking.md, "Token storage"), while
 # doubling keeps the re-embedding cost to at most one extra full pass overall...
 REFIT_GROWTH = 2.0
-# ...until it was fitted on this many tokens (about 1,500 passages): then it is kept for
-# good, and a build holds at most this many tokens' states in float32 (300 MB), not every
-# new passage's (#22). Indexes up to this size are fitted on all their tokens, as before.
-# A sample is not free: a codec fitted on a third of dev-corpus-2's tokens (6.7k of
-# 19k) lowered its late nDCG@10 from 0.853 to 0.823, but 6.7k tokens are too few for
-# 256 directions of 384; this is 30 times that (docs/ranking.md, "Token storage").
+# ...until it was fitted on this many tokens (about 1,900 passages of the labelled sets'
+# kind): then it is kept for good, and a build holds at most this many tokens' states in
+# float32 (300 MB) plus one chunk's, not every new passage's (#22). Indexes up to this size
+# are fitted on all their tokens, as before. A sample is not free: a codec fitted on a
+# third of dev-corpus-2's tokens (6.7k of 19k) lowered its late nDCG@10 from 0.853 to
+# 0.823; this sample is 30 times that one, and what it costs is not measured
+# (docs/ranking.md, "Token storage").
 FIT_TOKENS = 200_000
 CODES, SCALES, OFFSETS, MEAN, BASIS, INFO = (
     "codes.npy", "scales.npy", "offsets.npy", "mean.npy", "basis.npy", "codec.json")
@@ -323,13 +324,15 @@ def build_store(
     if on_plan:
         on_plan(len(todo))
     held: dict[int, np.ndarray] = {}
+    held_tokens = 0
     for rows, states in embed(todo):
         if codec is not None:
             for i, st in zip(rows, states):
                 encoded[i] = codec.encode(st)
             continue
         held.update(zip(rows, states))
-        if sum(len(st) for st in held.values()) >= FIT_TOKENS:
+        held_tokens += sum(len(st) for st in states)
+        if held_tokens >= FIT_TOKENS:
             codec, fitted = _fit_and_encode(held, encoded)
             held = {}
     if codec is None:
@@ -340,7 +343,8 @@ def build_store(
 
 
 def _fit_and_encode(held: dict[int, np.ndarray], encoded: list) -> tuple[TokenCodec, int]:
-    """Fit a codec on the held states (in row order) and encode them into `encoded`."""
+    """Fit a codec on the held states (in row order) and encode them into `encoded`; returns it and
+    the number of tokens it was fitted on."""
     rows = sorted(held)
     codec = TokenCodec.fit_parts(held[i] for i in rows)
     for i in rows:
