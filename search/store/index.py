@@ -101,6 +101,16 @@ _SCHEMA = "CREATE TABLE passages (" + ", ".join(
 
 
 @dataclass(frozen=True)
+class CheckReport:
+    """What `Index.check` verified: a generation's folder, its files, their bytes and its passages."""
+
+    folder: Path
+    files: int
+    bytes: int
+    passages: int
+
+
+@dataclass(frozen=True)
 class Paper:
     """One reviewed paper in the index: who presented it, who reviewed it, how many passages."""
 
@@ -387,6 +397,24 @@ class Index:
         """Files of this generation (relative names) whose checksum no longer matches the manifest."""
         digests = _checksums(self.folder, unreadable_ok=True)
         return {n for n in set(digests) | set(self.manifest.checksums) if digests.get(n) != self.manifest.checksums.get(n)}
+
+    def check(self) -> "CheckReport":
+        """Verify the whole generation: every file against its checksum, then every part a query reads.
+
+        The checksums find any change to a file; the reads after them are the
+        numeric sanity checks queries make, run over everything at once, so a
+        generation that passes answers every query as it did when written.
+        Raises IndexDamaged naming the first damaged file.
+        """
+        if bad := sorted(self.damaged_files()):
+            raise self.damaged(f"{self.folder / bad[0]} is damaged (unreadable, or its checksum does not match)")
+        if (problems := self._query("PRAGMA quick_check")) != [("ok",)]:
+            raise self.damaged(f"{self.folder / PASSAGES} is damaged ({problems[0][0][:160]})")
+        for part in ("lexical", "paper_lexical", "tokens", "faiss"):
+            getattr(self, part)
+        self.vectors()
+        files = [p for p in self.folder.rglob("*") if p.is_file()]
+        return CheckReport(self.folder, len(files), sum(p.stat().st_size for p in files), self.size)
 
     def close(self) -> None:
         self._db.close()

@@ -288,3 +288,34 @@ def test_unverified_damage_to_numbers_is_an_error_never_a_different_answer(built
         else:
             line = one_line_error(result)
             assert "damaged" in line and "internal error" not in line and "rebuild with" in line, line
+
+
+def test_check_passes_a_sound_index(built: Path):
+    result = invoke("check", "--index", built)
+    assert result.exit_code == 0, result.output
+    assert f"ok, {len(victims(built)) - 1} files" in result.output and f"{size(built)} passages verified" in result.output
+    data = invoke("check", "--index", built, "--json")
+    assert data.exit_code == 0 and '"ok": true' in data.output
+
+
+@pytest.mark.parametrize("how", ["truncate", "zero", "flip"])
+def test_check_names_every_damaged_file_even_where_queries_would_not_look(built: Path, notes: Path, monkeypatch, how: str):
+    """Queries on a large generation verify only what they read; `check` reads it all, whatever its size."""
+    monkeypatch.setattr("search.store.index.VERIFY_ON_OPEN_BYTES", 0)  # every generation counts as large
+    rng = random.Random(how)
+    gen = generation(built)
+    for target in sorted(p for p in gen.rglob("*") if p.is_file()):
+        saved = target.read_bytes()
+        damage(target, how, rng)
+        if target.read_bytes() == saved:  # zero-filling a file of zeros changes nothing to find
+            continue
+        line = one_line_error(invoke("check", "--index", built))
+        assert str(target) in line or (target.name == "manifest.json" and "manifest.json" in line), line
+        assert "--full" in line, line
+        target.write_bytes(saved)
+    assert invoke("check", "--index", built).exit_code == 0
+
+
+def test_check_without_an_index_is_one_line(tmp_path: Path):
+    line = one_line_error(invoke("check", "--index", tmp_path / "none"))
+    assert "no index at" in line
