@@ -228,6 +228,7 @@ class Index:
         self._lexical: LexicalIndex | None = None
         self._paper_lexical: LexicalIndex | None = None
         self._tokens = None
+        self.verified = False  # every file matched its checksum when opened
 
     def damaged(self, what: str) -> IndexDamaged:
         """The error for damage found in this generation, carrying the roots to rebuild from."""
@@ -270,7 +271,7 @@ class Index:
             from .tokens import TokenStore
 
             try:
-                store = TokenStore.load(self.folder / TOKENS)
+                store = TokenStore.load(self.folder / TOKENS, damaged=None if self.verified else self.damaged)
             except Exception as e:  # numpy and json raise many types for a bad file, as for BM25
                 raise self.damaged(f"{self.folder / TOKENS} is damaged ({type(e).__name__})") from e
             if len(store) != self.size:
@@ -545,6 +546,7 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
     if verify and (bad := sorted(index.damaged_files())):
         index.close()
         raise damaged(f"{gen / bad[0]} is damaged (unreadable, or its checksum does not match)")
+    index.verified = verify
     return index
 
 

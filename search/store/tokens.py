@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 
 from ..model.tokens import TOKEN_RULE, unit_rows
+from .blocks import BlockCheck, block_digests
 
 CODEC_DIM = 256  # principal directions kept; docs/ranking.md, "Token storage", has the bytes/quality table
 SCORE_SLICE = 2048  # tokens per product in TokenCodec.cosines: 2 MB of planes, about one core's L2
@@ -176,13 +177,17 @@ REFIT_GROWTH = 2.0
 FIT_TOKENS = 200_000
 CODES, SCALES, OFFSETS, MEAN, BASIS, INFO = (
     "codes.npy", "scales.npy", "offsets.npy", "mean.npy", "basis.npy", "codec.json")
+# Block digests (store/blocks.py) of the two per-token arrays; a store written before them has none.
+BLOCK_DIGESTS = {CODES: "codes.blocks.npy", SCALES: "scales.blocks.npy"}
 
 
 class TokenStore:
     """Every passage's compressed token states, row-aligned with the index, plus the codec that made them."""
 
-    def __init__(self, codec: TokenCodec, fitted_tokens: int, codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray):
+    def __init__(self, codec: TokenCodec, fitted_tokens: int, codes: np.ndarray, scales: np.ndarray, offsets: np.ndarray,
+                 code_check: BlockCheck | None = None):
         self.codec = codec
+        self._code_check = code_check  # set when the codes are read from a file not verified as a whole
         self.fitted_tokens = fitted_tokens  # tokens the codec was fitted on
         self.codes, self.scales, self.offsets = codes, scales, offsets
         self._lengths: np.ndarray | None = None  # decoded token lengths, NaN until first needed
@@ -195,6 +200,10 @@ class TokenStore:
         tokens query after query skips that part of the work.
         """
         tokens = np.concatenate([np.arange(self.offsets[r], self.offsets[r + 1]) for r in rows]) if rows else np.zeros(0, np.int64)
+        if self._code_check is not None:
+            width = self.codes.shape[1] * self.codes.itemsize
+            spans = self.offsets[np.stack([rows, np.asarray(rows) + 1], axis=1)] if rows else np.zeros((0, 2), np.int64)
+            self._code_check.verify(self.codes.offset + spans * width)
         enc = Encoded(np.asarray(self.codes[tokens]), np.asarray(self.scales[tokens]))
         if self._lengths is None:
             self._lengths = np.full(self.total_tokens, np.nan, np.float32)
@@ -241,12 +250,19 @@ class TokenStore:
         for name, array in ((CODES, self.codes), (SCALES, self.scales), (OFFSETS, self.offsets),
                             (MEAN, self.codec.mean), (BASIS, self.codec.basis)):
             np.save(folder / name, array, allow_pickle=False)
+        for name, digests in BLOCK_DIGESTS.items():
+            np.save(folder / digests, block_digests(folder / name), allow_pickle=False)
         info = {"bits": self.codec.bits, "dim": self.codec.dim, "fitted_tokens": self.fitted_tokens, "rule": TOKEN_RULE}
         (folder / INFO).write_text(json.dumps(info), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path) -> "TokenStore":
-        """Read a store written by `save`; raises ValueError or OSError when it is damaged."""
+    def load(cls, folder: Path, damaged: Callable[[str], Exception] | None = None) -> "TokenStore":
+        """Read a store written by `save`; raises ValueError or OSError when it is damaged.
+
+        With `damaged` (for a generation not verified as a whole), the token scales
+        are checked against their block digests now and each passage's codes the
+        first time they are scored; a mismatch raises `damaged(message)`.
+        """
         import json
 
         info = json.loads((folder / INFO).read_text(encoding="utf-8"))
@@ -261,8 +277,12 @@ class TokenStore:
                 or offsets[0] != 0 or offsets[-1] != len(codes) or len(arrays[SCALES]) != len(codes)
                 or np.any(np.diff(offsets) <= 0)):
             raise ValueError("token arrays disagree in length")
+        checks = {}
+        if damaged is not None and all((folder / d).exists() for d in BLOCK_DIGESTS.values()):
+            checks = {n: BlockCheck(folder / n, np.load(folder / d, allow_pickle=False), damaged) for n, d in BLOCK_DIGESTS.items()}
+            checks[SCALES].verify(np.array([[0, (folder / SCALES).stat().st_size]]))
         _check_numbers(codec, np.asarray(arrays[SCALES]))
-        return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets)
+        return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets, checks.get(CODES))
 
 
 def _check_numbers(codec: TokenCodec, scales: np.ndarray) -> None:
