@@ -42,7 +42,7 @@ class BlockCheck:
         self._size = path.stat().st_size
         self._verified = np.zeros(len(digests), bool)
         if digests.ndim != 2 or digests.shape[1] != DIGEST_BYTES or len(digests) != -(-self._size // BLOCK_BYTES):
-            raise damaged(f"{path} does not match its block digests ({path.stat().st_size} bytes)")
+            raise damaged(f"{path} does not match its block digests ({self._size} bytes)")
 
     def verify(self, ranges: np.ndarray) -> None:
         """Check the blocks covering each [start, end) byte range in `ranges` (an (n, 2) array)."""

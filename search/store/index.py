@@ -228,7 +228,7 @@ class Index:
         self._lexical: LexicalIndex | None = None
         self._paper_lexical: LexicalIndex | None = None
         self._tokens = None
-        self.verified = False  # every file matched its checksum when opened
+        self.verified = False  # every file matched its checksum (verify_files)
 
     def damaged(self, what: str) -> IndexDamaged:
         """The error for damage found in this generation, carrying the roots to rebuild from."""
@@ -399,6 +399,13 @@ class Index:
         digests = _checksums(self.folder, unreadable_ok=True)
         return {n for n in set(digests) | set(self.manifest.checksums) if digests.get(n) != self.manifest.checksums.get(n)}
 
+    def verify_files(self) -> None:
+        """Raise IndexDamaged naming the first file whose checksum no longer matches; afterwards the
+        generation counts as verified, so its parts skip their per-block checks."""
+        if bad := sorted(self.damaged_files()):
+            raise self.damaged(f"{self.folder / bad[0]} is damaged (unreadable, or its checksum does not match)")
+        self.verified = True
+
     def check(self) -> "CheckReport":
         """Verify the whole generation: every file against its checksum, then every part a query reads.
 
@@ -407,8 +414,7 @@ class Index:
         generation that passes answers every query as it did when written.
         Raises IndexDamaged naming the first damaged file.
         """
-        if bad := sorted(self.damaged_files()):
-            raise self.damaged(f"{self.folder / bad[0]} is damaged (unreadable, or its checksum does not match)")
+        self.verify_files()
         if (problems := self._query("PRAGMA quick_check")) != [("ok",)]:
             raise self.damaged(f"{self.folder / PASSAGES} is damaged ({problems[0][0][:160]})")
         for part in ("lexical", "paper_lexical", "tokens", "faiss"):
@@ -543,10 +549,12 @@ def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:
         raise damaged(f"{gen} is inconsistent ({count} passages, the manifest says {manifest.passages})")
     if verify is None:
         verify = sum(p.stat().st_size for p in gen.rglob("*") if p.is_file()) <= VERIFY_ON_OPEN_BYTES
-    if verify and (bad := sorted(index.damaged_files())):
-        index.close()
-        raise damaged(f"{gen / bad[0]} is damaged (unreadable, or its checksum does not match)")
-    index.verified = verify
+    if verify:
+        try:
+            index.verify_files()
+        except IndexDamaged:
+            index.close()
+            raise
     return index
 
 
