@@ -43,7 +43,7 @@ SectionOpt = typer.Option(
 
 
 def fail(message: str, code: int = 1) -> None:
-    from .display import clean
+    from .safe_text import clean
 
     typer.echo(f"error: {clean(message, single_line=True)}", err=True)
     raise typer.Exit(code)
@@ -82,7 +82,7 @@ def clean_errors(index_dir: Path | None = None) -> Iterator[None]:
 def emit_json(payload) -> None:
     """Every command's --json output: UTF-8 text as is, one style; on a terminal, characters that
     would act on it are written as JSON escapes (the same JSON, only spelled safely)."""
-    from .display import json_text
+    from .safe_text import json_text
 
     typer.echo(json_text(payload, terminal=sys.stdout.isatty()))
 
@@ -150,7 +150,7 @@ def _rate_column():
 
 def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = False, err: bool = False) -> None:
     """A build's warnings on stderr, then its summary (on stderr with `err`, where stdout belongs to a protocol)."""
-    from .display import clean
+    from .safe_text import clean
 
     for problem in summary.problems:
         typer.echo(f"warning: {clean(str(problem), single_line=True)}", err=True)
@@ -169,7 +169,7 @@ def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = Fals
 
 
 def _watch_failed(e: Exception) -> None:
-    from .display import clean
+    from .safe_text import clean
 
     typer.echo(f"warning: index update failed, still watching: {clean(str(e), single_line=True)}", err=True)
 
@@ -257,7 +257,8 @@ def related(
     if as_json:
         emit_json({"paper": title, "related": [e.as_dict() for e in entries]})
         return
-    from .display import clean, render_hits
+    from .display import render_hits
+    from .safe_text import clean
 
     typer.echo(f"reviews related to: {clean(title, single_line=True)}\n")
     if not entries:

@@ -7,32 +7,10 @@ import io
 import pytest
 from rich.console import Console
 
-from search.display import clean, display_path, render_hits, render_papers
+from search.display import display_path, render_hits, render_papers
 from search.rank.searcher import Hit
 from search.store.index import Paper, StoredPassage
-
-# Sequences a note or a file name could carry to drive a terminal.
-HOSTILE = {
-    "clear screen": "\x1b[2J",
-    "OSC window title": "\x1b]0;owned\x07",
-    "OSC 8 hyperlink": "\x1b]8;;http://evil/\x1b\\",
-    "C1 CSI": "\x9b2J",
-    "C1 OSC": "\x9d0;owned\x9c",
-    "right-to-left override": "\u202e",
-    "left-to-right embedding": "\u202a",
-    "pop directional formatting": "\u202c",
-    "right-to-left isolate": "\u2067",
-    "pop directional isolate": "\u2069",
-    "carriage return": "\r",
-    "backspace": "\x08",
-    "line separator": "\u2028",
-}
-
-
-def raw_controls(out: str) -> list[str]:
-    """The hostile sequences found verbatim in terminal output (the console's own SGR colours are fine)."""
-    return [name for name, seq in HOSTILE.items() if seq in out]
-
+from test_safe_text import HOSTILE, raw_controls
 
 def passage(**fields) -> StoredPassage:
     base = dict(row=0, key="k", path="/notes/week3.md", file="week3.md", week=3, topic_no=1, topic="Whisper",
@@ -45,18 +23,6 @@ def passage(**fields) -> StoredPassage:
 def terminal() -> tuple[Console, io.StringIO]:
     out = io.StringIO()
     return Console(file=out, force_terminal=True, color_system="truecolor", width=200), out
-
-
-@pytest.mark.parametrize("name, seq", list(HOSTILE.items()))
-def test_clean_escapes_every_control_sequence(name, seq):
-    shown = clean(f"앞{seq}뒤")
-    assert raw_controls(shown) == [] and shown.startswith("앞") and shown.endswith("뒤")
-    assert "\\u" in shown
-
-
-def test_clean_keeps_text_newlines_and_tabs_unless_one_line():
-    assert clean("한국어 English 📚 (내용)\n\t다음 줄") == "한국어 English 📚 (내용)\n\t다음 줄"
-    assert clean("a\nb\tc", single_line=True) == "a\\u000ab\\u0009c"
 
 
 @pytest.mark.parametrize("field", ["path", "topic", "presenter", "reviewer", "text"])
@@ -94,17 +60,3 @@ def test_paper_table_shows_markup_and_controls_as_text():
     shown = out.getvalue()
     assert raw_controls(shown) == []
     assert "[bold red]BERT[/] [/]" in shown and "(none)" in shown
-
-
-def test_json_for_a_terminal_escapes_what_would_act_on_it_and_reads_back_the_same():
-    import json
-
-    from search.display import json_text
-
-    payload = {"topic": "week31\u202egnp \x9b2J \x1b[2J 한국어", "lone": "\udcc1"}
-    shown = json_text(payload, terminal=True)
-    assert raw_controls(shown) == [] and "\u202e" not in shown and "\x9b" not in shown and "한국어" in shown
-    assert json.loads(shown) == payload
-    piped = json_text(payload, terminal=False)
-    assert "\u202e" in piped and "\x9b" in piped and "\udcc1" not in piped  # exact, but writable
-    assert json.loads(piped) == payload

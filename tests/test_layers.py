@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "search"
 
 # Earliest first: a module may import its own layer and those above it in this list.
 LAYERS = [
-    ["search", "search.errors"],
+    ["search", "search.errors", "search.safe_text"],
     ["search.model.protocol", "search.model.tokens"],
     ["search.notes"],
     ["search.model"],

@@ -2,7 +2,7 @@
 
 Templates are Jinja2 with autoescape on, so every string from the notes
 (titles, names, paths, passages) is escaped, and every shown string has its
-control and bidi characters made visible (`display.clean`, as in the terminal:
+control and bidi characters made visible (`safe_text.clean`, as in the terminal:
 a U+202E in a file name must not reverse what follows). Values that go back to
 the server (form fields) go through `| field` instead, which keeps them as they
 are but writes those characters as character references. Query terms
@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from ..display import clean, respell_unsafe
+from ..safe_text import clean, respell_unsafe
 from ..errors import ReviewSearchError
 from ..rank.request import RelatedRequest
 from .params import SEARCH_PARAMS, answer, parse_search, query_params
