@@ -177,8 +177,10 @@ REFIT_GROWTH = 2.0
 FIT_TOKENS = 200_000
 CODES, SCALES, OFFSETS, MEAN, BASIS, INFO = (
     "codes.npy", "scales.npy", "offsets.npy", "mean.npy", "basis.npy", "codec.json")
-# Block digests (store/blocks.py) of the two per-token arrays; a store written before them has none.
-BLOCK_DIGESTS = {CODES: "codes.blocks.npy", SCALES: "scales.blocks.npy"}
+# Block digests (store/blocks.py) of the codes, the one file a query reads only in part; a store
+# written before them has none (one earlier version kept blake2b digests in codes.blocks.npy and
+# scales.blocks.npy, which this one leaves alone: a rebuild replaces them).
+CODE_BLOCKS = "codes.crc32.npy"
 
 
 class TokenStore:
@@ -250,8 +252,7 @@ class TokenStore:
         for name, array in ((CODES, self.codes), (SCALES, self.scales), (OFFSETS, self.offsets),
                             (MEAN, self.codec.mean), (BASIS, self.codec.basis)):
             np.save(folder / name, array, allow_pickle=False)
-        for name, digests in BLOCK_DIGESTS.items():
-            np.save(folder / digests, block_digests(folder / name), allow_pickle=False)
+        np.save(folder / CODE_BLOCKS, block_digests(folder / CODES), allow_pickle=False)
         info = {"bits": self.codec.bits, "dim": self.codec.dim, "fitted_tokens": self.fitted_tokens, "rule": TOKEN_RULE}
         (folder / INFO).write_text(json.dumps(info), encoding="utf-8")
 
@@ -259,9 +260,10 @@ class TokenStore:
     def load(cls, folder: Path, damaged: Callable[[str], Exception] | None = None) -> "TokenStore":
         """Read a store written by `save`; raises ValueError or OSError when it is damaged.
 
-        With `damaged` (for a generation not verified as a whole), the token scales
-        are checked against their block digests now and each passage's codes the
-        first time they are scored; a mismatch raises `damaged(message)`.
+        With `damaged` (for a generation not verified as a whole, whose other
+        files the index checks as it reads them), each passage's codes are
+        checked against their block digests the first time they are scored; a
+        mismatch raises `damaged(message)`.
         """
         import json
 
@@ -277,12 +279,11 @@ class TokenStore:
                 or offsets[0] != 0 or offsets[-1] != len(codes) or len(arrays[SCALES]) != len(codes)
                 or np.any(np.diff(offsets) <= 0)):
             raise ValueError("token arrays disagree in length")
-        checks = {}
-        if damaged is not None and all((folder / d).exists() for d in BLOCK_DIGESTS.values()):
-            checks = {n: BlockCheck(folder / n, np.load(folder / d, allow_pickle=False), damaged) for n, d in BLOCK_DIGESTS.items()}
-            checks[SCALES].verify(np.array([[0, (folder / SCALES).stat().st_size]]))
+        check = None
+        if damaged is not None and (folder / CODE_BLOCKS).exists():
+            check = BlockCheck(folder / CODES, np.load(folder / CODE_BLOCKS, allow_pickle=False), damaged)
         _check_numbers(codec, np.asarray(arrays[SCALES]))
-        return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets, checks.get(CODES))
+        return cls(codec, int(info["fitted_tokens"]), arrays[CODES], arrays[SCALES], offsets, check)
 
 
 def _check_numbers(codec: TokenCodec, scales: np.ndarray) -> None:
