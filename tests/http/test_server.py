@@ -597,6 +597,60 @@ def test_a_long_query_does_not_hold_up_short_ones(idx: Path, concurrent: bool):
         assert status == 200 and hits[0]["topic"].startswith("Whisper")
 
 
+def p99(values: list[float]) -> float:
+    return sorted(values)[max(0, int(len(values) * 0.99) - 1)]
+
+
+def test_a_huge_related_call_does_not_hold_up_short_searches(idx: Path, fake_encoder):
+    """MCP `related` calls of 300,000 characters (refused at the body cap) and of as much as the cap
+    lets through (cut to a title's length before any work) keep short searches near their usual p99.
+
+    Before the cap, one such call held the index thread 12 s. The bound is 2x the p99 measured
+    just before, or 50 ms above it on a machine too busy for a ratio of milliseconds to mean much.
+    """
+    import asyncio
+
+    import httpx2
+    from mcp import Client
+    from mcp.client.streamable_http import streamable_http_client
+
+    def searches(srv, n: int = 40) -> list[float]:
+        times = []
+        for _ in range(n):
+            started = time.perf_counter()
+            assert search(srv, q="위스퍼 음성인식")[0] == 200
+            times.append(time.perf_counter() - started)
+            time.sleep(0.02)
+        return times
+
+    async def huge_calls(url: str, stop: threading.Event, outcomes: list) -> None:
+        async with httpx2.AsyncClient() as http:
+            async with Client(streamable_http_client(url, http_client=http)) as client:
+                while not stop.is_set():
+                    result = await client.call_tool("related", {"paper": "whisper " * 7_500})  # 60 KB, under the cap
+                    outcomes.append(result.is_error)
+                    await asyncio.sleep(0.05)  # one in flight at a time, as a client retrying would send them
+        async with httpx2.AsyncClient() as http:  # 300,000 characters (879 KB as JSON): refused whole
+            outcomes.append((await http.post(url, content=json.dumps({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "related", "arguments": {"paper": "\\u00e9" * 300_000}}}),
+                headers={"Accept": "application/json, text/event-stream", "Content-Type": "application/json"})).status_code)
+
+    for srv in running(make_server(idx, "127.0.0.1", 0, encoder=fake_encoder, log_requests=False)):
+        searches(srv, 5)  # warm
+        usual = p99(searches(srv))
+        stop, outcomes = threading.Event(), []
+        worker = threading.Thread(target=lambda: asyncio.run(huge_calls(f"http://127.0.0.1:{srv.server_address[1]}/mcp", stop, outcomes)))
+        worker.start()
+        try:
+            time.sleep(0.3)
+            during = p99(searches(srv))
+        finally:
+            stop.set()
+            worker.join(timeout=30)
+        assert outcomes and outcomes[-1] == 413 and len(outcomes) > 2, outcomes
+        assert during <= max(2 * usual, usual + 0.05), (usual, during)
+
+
 # ---- the page's HTML, without a browser (tests/http/test_page.py drives chromium) ----
 
 HTML = {"Accept": "text/html,application/xhtml+xml"}
