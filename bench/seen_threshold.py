@@ -36,7 +36,7 @@ ROOTS = [ROOT / "seeds", SHARED / "dev-corpus" / "weeks", SHARED / "dev-corpus-2
 def report(index_dir: Path) -> None:
     titles = json.loads((ROOT / "bench" / "data" / "seen_titles.json").read_text(encoding="utf-8"))
     with open_index(index_dir) as idx:
-        encoder = load_encoder(idx.manifest.model_id)
+        encoder = load_encoder(idx.info.model_id)
         all_topics = topics(idx.passages())
         print(f"{len(all_topics)} titles in the notes; threshold {SIMILAR_MIN}")
         best: dict[str, list[float]] = {}

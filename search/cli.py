@@ -107,7 +107,7 @@ def index(
     """Build or update the index from review files."""
     from .indexing.build import build_index, build_roots
     from .model.encoders import load_encoder
-    from .store.index import read_settings
+    from .backends import read_settings
 
     with clean_errors(index_dir):
         encoder = load_encoder(model or read_settings(index_dir).model_id)
@@ -215,11 +215,11 @@ def query(
     """Find the review passages closest to TEXT."""
     from .rank.searcher import Searcher
     from .rank.request import SearchRequest
-    from .store.index import open_index
+    from .backends import open_backend
 
     with clean_errors(index_dir):
         request = SearchRequest.parse(text, k, mode, group, reviewer, topic, week, min_score, section=section)
-        with open_index(index_dir) as idx:
+        with open_backend(index_dir) as idx:
             result = Searcher(idx).search(request)
     if as_json:
         emit_json([h.as_dict() for h in result.hits])
@@ -248,11 +248,11 @@ def related(
     """Other reviews most similar to what was written about PAPER."""
     from .rank.related import related_reviews
     from .rank.request import RelatedRequest
-    from .store.index import open_index
+    from .backends import open_backend
 
     with clean_errors(index_dir):
         request = RelatedRequest.parse(paper, k, group, reviewer, topic_filter, week)
-        with open_index(index_dir) as idx:
+        with open_backend(index_dir) as idx:
             title, entries = related_reviews(idx, request.paper, k=request.k, group=request.group, filters=request.filters)
     if as_json:
         emit_json({"paper": title, "related": [e.as_dict() for e in entries]})
@@ -276,10 +276,10 @@ def seen(
     """Has the group reviewed PAPER? Week, presenter, reviewers and file:line, or the closest titles."""
     from .rank.searcher import Searcher
     from .rank.seen import seen as look_up
-    from .store.index import open_index
+    from .backends import open_backend
 
     with clean_errors(index_dir):
-        with open_index(index_dir) as idx:
+        with open_backend(index_dir) as idx:
             searcher = Searcher(idx)  # its model loads only if seen() asks for it
             result = look_up(idx, paper, lambda: searcher.encoder)
     if as_json:
@@ -308,12 +308,12 @@ def who(
     from .rank.people import TOP_ITEMS
     from .rank.people import who as rank_people
     from .rank.searcher import Searcher
-    from .rank.request import Filters
-    from .store.index import open_index
+    from .rank.request import parse_filters
+    from .backends import open_backend
 
     with clean_errors(index_dir):
-        filters = Filters.parse(reviewer, topic, week, section)
-        with open_index(index_dir) as idx:
+        filters = parse_filters(reviewer, topic, week, section)
+        with open_backend(index_dir) as idx:
             people = rank_people(Searcher(idx), text, k=k, mode=mode, filters=filters, depth=depth)
     if as_json:
         emit_json([p.as_dict() for p in people])
@@ -327,18 +327,19 @@ def who(
 @app.command("list")
 def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
     """What the index holds: weeks, papers, presenters, reviewers and passage counts."""
-    from .store.index import open_index
+    from .backends import open_backend
+    from .storage import contents
 
     with clean_errors(index_dir):
-        with open_index(index_dir) as idx:
+        with open_backend(index_dir) as idx:
             if as_json:
-                emit_json(idx.contents())
+                emit_json(contents(idx))
                 return
             papers = idx.papers()
-    m = idx.manifest
+    m = idx.info
     from .display import render_papers
 
-    render_papers(_console(), f"{index_dir}: {len(m.files)} files, {len(papers)} papers, "
+    render_papers(_console(), f"{index_dir}: {m.files} files, {len(papers)} papers, "
                   f"{m.reviews} reviews, {m.passages} passages ({m.model_id})", papers)
 
 
@@ -349,17 +350,17 @@ def check(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
     Queries check what they read as they go; this reads everything, however
     large the index, and exits 1 naming the first damaged file.
     """
-    from .store.index import open_index
+    from .backends import open_backend
 
     with clean_errors(index_dir):
-        with open_index(index_dir, verify=False) as idx:
+        with open_backend(index_dir, verify=False) as idx:
             report = idx.check()
     if as_json:
-        emit_json({"ok": True, "generation": report.folder.name, "files": report.files,
+        emit_json({"ok": True, "generation": Path(report.where).name, "files": report.files,
                    "bytes": report.bytes, "passages": report.passages})
         return
     typer.echo(f"{index_dir}: ok, {report.files} files ({report.bytes / 2**20:.1f} MB) and "
-               f"{report.passages} passages verified ({report.folder.name})")
+               f"{report.passages} passages verified ({Path(report.where).name})")
 
 
 @app.command("eval")
@@ -372,12 +373,12 @@ def eval_(
     """Score ranking on labelled queries: nDCG@10, MRR@10, Recall@5, Hit@1 by query kind."""
     from .rank.evaluate import evaluate, read_queries
     from .rank.searcher import Searcher
-    from .store.index import open_index
+    from .backends import open_backend
 
     with clean_errors(index_dir):
         labelled = read_queries(queries)
         modes = list(Mode) if mode == EvalMode.ALL else [Mode(mode.value)]
-        with open_index(index_dir) as idx:
+        with open_backend(index_dir) as idx:
             searcher = Searcher(idx)
             reports = [evaluate(searcher, labelled, m) for m in modes]
     if as_json:

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # for annotations only: printing an error must not import the
     from .rank.people import Person
     from .rank.searcher import Hit
     from .rank.seen import SeenResult
-    from .store.index import Paper
+    from .storage import Paper
 
 
 def display_path(path: str) -> str:

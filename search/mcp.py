@@ -44,7 +44,7 @@ from .rank.people import TOP_ITEMS
 from .rank.searcher import Hit
 from .rank.request import DEFAULT_K, DEFAULT_MODE, MAX_K, Mode, RelatedRequest, SearchRequest
 from .service import SearchService
-from .store.index import StoredPassage, review_dict
+from .storage import StoredPassage, review_dict
 
 INSTRUCTIONS = (
     "Semantic search over a study group's weekly paper-review notes (mostly Korean, with English terms). "

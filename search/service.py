@@ -36,7 +36,8 @@ from .rank.people import Person, who
 from .rank.related import Related, related_reviews
 from .rank.request import DEFAULT_K, DEPTH, Filters, Mode, RelatedGroup, SearchRequest
 from .rank.seen import SeenResult, seen
-from .store.index import Paper, StoredPassage, live_generation, open_index
+from .backends import live_version, open_backend
+from .storage import Paper, StoredPassage, contents
 
 T = TypeVar("T")
 
@@ -61,7 +62,7 @@ class SearchService:
         return self._worker.submit(fn, *args).result()
 
     def _current(self) -> Searcher:
-        live = live_generation(self.index_dir)
+        live = live_version(self.index_dir)
         if self._searcher is not None and live in (None, self._seen):
             return self._searcher
         # Remember the generation before trying it, so one that fails to open
@@ -72,29 +73,27 @@ class SearchService:
         except ReviewSearchError as e:
             if self._searcher is None:
                 raise
-            print(f"warning: keeping {self._searcher.index.folder.name}: {e}", file=sys.stderr)
+            print(f"warning: keeping {self._searcher.index.info.version}: {e}", file=sys.stderr)
             return self._searcher
         if self._searcher is not None:
             self._searcher.index.close()
         self._searcher = searcher
-        self._seen = searcher.index.folder.name
+        self._seen = searcher.index.info.version
         return searcher
 
     def _open(self) -> Searcher:
-        index = open_index(self.index_dir)
+        index = open_backend(self.index_dir)
         try:
             encoder = self._given_encoder
             old = self._searcher
-            if encoder is None and old is not None and old.encoder.model_id == index.manifest.model_id:
+            if encoder is None and old is not None and old.encoder.model_id == index.info.model_id:
                 encoder = old.encoder
             if encoder is None:
-                encoder = _one_at_a_time(embedding.load_encoder(index.manifest.model_id))
+                encoder = _one_at_a_time(embedding.load_encoder(index.info.model_id))
             searcher = Searcher(index, encoder)
             # Load the model (what a default request runs), the vectors and BM25 now, so no request pays for them.
             searcher.embed(SearchRequest.parse("warm up"))
-            searcher.index.faiss
-            searcher.index.lexical
-            searcher.index.paper_lexical
+            index.warm()
         except BaseException:
             index.close()
             raise
@@ -138,7 +137,7 @@ class SearchService:
 
     def contents(self) -> dict:
         """The index's totals, model and papers, as `list --json` shows them."""
-        return self._run(lambda: self._current().index.contents())
+        return self._run(lambda: contents(self._current().index))
 
     def review(self, file: str, line: int) -> list[StoredPassage]:
         """The whole review covering `line` of `file` (path or file name), passage by passage."""
@@ -156,10 +155,10 @@ class SearchService:
 
         def read() -> dict:
             index = self._current().index
-            m = index.manifest
+            m = index.info
             return {
-                "status": "ok", "index": index.folder.name, "passages": index.size, "reviews": m.reviews,
-                "files": len(m.files), "model": m.model_id, "created": m.created, "roots": m.roots,
+                "status": "ok", "index": m.version, "passages": index.size, "reviews": m.reviews,
+                "files": m.files, "model": m.model_id, "created": m.created, "roots": m.roots,
             }
 
         return self._run(read)

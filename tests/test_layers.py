@@ -16,7 +16,9 @@ LAYERS = [
     ["search.model.protocol", "search.model.tokens"],
     ["search.notes"],
     ["search.model"],
+    ["search.storage"],
     ["search.store"],
+    ["search.backends"],
     ["search.rank"],
     ["search.indexing"],
     ["search.service"],
@@ -103,3 +105,30 @@ def test_no_import_cycles():
 def test_the_walk_sees_imports_inside_functions():
     # cli imports nearly everything lazily, for start-up time; the walk must still see it
     assert {"search.indexing.build", "search.http.server", "search.mcp"} <= GRAPH["search.cli"]
+
+
+def engine_imports(module: str) -> set[str]:
+    """The storage engines' modules and libraries `module` imports, wherever in the file."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[module].read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+    engines = {n for n in found if n in ("faiss", "sqlite3") or n.startswith("qdrant")}
+    return engines | {m for m in GRAPH[module] if m == "search.store" or m.startswith("search.store.")}
+
+
+# Above the storage interface (storage.py, backends.py) nothing may know which engine holds the
+# index (#20). The build is the one exception left: it still writes the local store's generations.
+ABOVE_THE_INTERFACE = sorted(m for m in MODULES if layer(m) > layer("search.backends") and m != "search.indexing.build")
+
+
+@pytest.mark.parametrize("module", ABOVE_THE_INTERFACE)
+def test_nothing_above_the_storage_interface_imports_an_engine(module: str):
+    assert not engine_imports(module), f"{module} imports {sorted(engine_imports(module))}"
+
+
+def test_the_engine_check_sees_an_engine_import():
+    assert {"faiss", "sqlite3"} <= engine_imports("search.store.index")
+    assert "search.store.index" in engine_imports("search.indexing.build")

@@ -32,7 +32,7 @@ from ..errors import ReviewSearchError
 from ..rank.request import RelatedRequest
 from .params import SEARCH_PARAMS, answer, parse_search, query_params
 from ..service import SearchService
-from ..store.index import review_dict
+from ..storage import review_dict
 
 HERE = Path(__file__).parent
 PAGE_K = "10"  # results on the page unless the URL says otherwise

@@ -57,7 +57,7 @@ from ..errors import ServerError
 from ..mcp import mcp_asgi
 from ..model.protocol import Encoder
 from ..service import SearchService
-from ..store.index import review_dict
+from ..storage import review_dict
 from .pages import Pages
 from .params import (PASSAGE_PARAMS, RELATED_PARAMS, SEARCH_PARAMS, _json, answer, parse_passage, parse_related, parse_search,
                      query_params, wants_html)

@@ -26,7 +26,7 @@ from .build import BuildSummary, build_index, build_roots
 from ..model.protocol import Encoder
 from ..model.encoders import load_encoder
 from ..errors import BadRequest, IndexBusy
-from ..store.index import read_settings
+from ..backends import read_settings
 
 OnBuild = Callable[[BuildSummary], None]
 OnError = Callable[[Exception], None]

@@ -80,7 +80,7 @@ class ReviewInfo:
 
     @property
     def paper_key(self) -> tuple[str, int]:
-        """Identity of the reviewed paper: its week file and topic (store.Index.paper_groups groups the same way)."""
+        """Identity of the reviewed paper: its week file and topic (storage.Backend.paper_groups groups the same way)."""
         return (self.path, self.topic_no)
 
     def review_info(self) -> dict:

@@ -5,7 +5,7 @@ against the passage's tokens, averaged over the query tokens. Token states are
 the last hidden layer of the same model that makes the passage vectors, read
 with the model's `query: ` / `passage: ` prefixes (model/tokens.py says which
 count). Scored here at three levels (paper, review, passage) from the stored
-codes (store/tokens.py); the weights below say how much each of late mode's
+tokens (the backend's `token_cosines`); the weights below say how much each of late mode's
 rankings counts in its fusion (`fuse`, at the end).
 """
 
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..store.tokens import TokenStore
+from ..storage import Backend
 from .fusion import rrf
 
 # The MaxSim ranking counts this many times the BM25 ranking in the fusion (RRF,
@@ -65,7 +65,7 @@ class LateScores:
     passage: dict[int, float]
 
 
-def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int]]]) -> LateScores:
+def late_scores(query: np.ndarray, backend: Backend, papers: list[list[list[int]]]) -> LateScores:
     """MaxSim at three levels for the rows of `papers` (rows grouped by review, reviews by paper).
 
     Scoring the whole review rather than its best passage was worth +0.015
@@ -80,8 +80,8 @@ def late_scores(query: np.ndarray, store: TokenStore, papers: list[list[list[int
     if not rows or not len(query):
         zero = {r: 0.0 for r in rows}
         return LateScores(dict(zero), dict(zero), dict(zero))
-    sims = store.cosines(query, rows)
-    counts = np.diff(store.offsets)[rows]
+    sims = backend.token_cosines(query, rows)
+    counts = backend.token_counts(rows)
 
     def starts(sizes) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(sizes)[:-1]])

@@ -15,8 +15,8 @@ import numpy as np
 
 from ..errors import AmbiguousTopic, TopicNotFound, shorten
 from .searcher import Hit, allowed_rows
-from .request import Filters, RelatedGroup
-from ..store.index import Index, StoredPassage
+from .request import RelatedGroup
+from ..storage import Backend, Filters, StoredPassage
 from ..notes.titles import match_titles
 
 
@@ -49,7 +49,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def related_reviews(
-    index: Index,
+    index: Backend,
     topic: str,
     k: int = 5,
     group: RelatedGroup = RelatedGroup.REVIEW,

@@ -15,6 +15,7 @@ from typing import Any
 from ..errors import BadRequest
 from ..notes.reader import MAX_NUMBER, MAX_TITLE_CHARS, bounded_number
 from ..notes.sections import Section, parse_section
+from ..storage import Filters
 
 MAX_K = 1000
 # Queries are cut here rather than refused: e5 reads at most 512 tokens and a
@@ -68,44 +69,10 @@ def parse_weeks(text: str) -> tuple[int, int]:
     raise BadRequest(f"week takes a week (3) or a range (3-5) of numbers up to {MAX_NUMBER}, not {text!r}")
 
 
-@dataclass(frozen=True)
-class Filters:
-    """Which passages a search may return; None means no restriction."""
-
-    reviewer: str | None = None
-    topic: str | None = None  # case-insensitive substring of the paper title
-    weeks: tuple[int, int] | None = None  # inclusive range
-    section: Section | None = None  # only passages of this kind (sections.py)
-
-    @classmethod
-    def parse(
-        cls, reviewer: str | None = None, topic: str | None = None, week: Any = None, section: Any = None
-    ) -> "Filters":
-        """Filters from user input, where blank means no restriction; a bad week or section raises BadRequest."""
-        reviewer, topic, week = ((str(v) if v is not None else "").strip() or None for v in (reviewer, topic, week))
-        return cls(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None,
-                   section=_section(section))
-
-    def sql(self) -> tuple[str, list]:
-        """A WHERE clause over the passages table and its parameters (the index evaluates it)."""
-        clauses, params = [], []
-        if self.reviewer is not None:
-            clauses.append("reviewer = ?")
-            params.append(self.reviewer)
-        if self.topic is not None:
-            clauses.append("contains_casefold(topic, ?)")
-            params.append(self.topic)
-        if self.weeks is not None:
-            clauses.append("week BETWEEN ? AND ?")
-            params += list(self.weeks)
-        if self.section is not None:
-            clauses.append("section = ?")
-            params.append(self.section.value)
-        return " AND ".join(clauses) or "1", params
-
-    @property
-    def active(self) -> bool:
-        return any(v is not None for v in (self.reviewer, self.topic, self.weeks, self.section))
+def parse_filters(reviewer: Any = None, topic: Any = None, week: Any = None, section: Any = None) -> Filters:
+    """Filters from user input, where blank means no restriction; a bad week or section raises BadRequest."""
+    reviewer, topic, week = ((str(v) if v is not None else "").strip() or None for v in (reviewer, topic, week))
+    return Filters(reviewer=reviewer, topic=topic, weeks=parse_weeks(week) if week else None, section=_section(section))
 
 
 def _section(value: Any) -> Section | None:
@@ -187,7 +154,7 @@ class SearchRequest:
             k=_k(k),
             mode=_choice(Mode, mode, "mode", DEFAULT_MODE),
             group=_choice(Group, group, "group", DEFAULT_GROUP),
-            filters=Filters.parse(reviewer, topic, week, section),
+            filters=parse_filters(reviewer, topic, week, section),
             min_score=floor,
             truncated=truncated,
         )
@@ -214,4 +181,4 @@ class RelatedRequest:
         text = paper_name(paper)
         if not text:
             raise BadRequest("the paper is empty; give a paper's title, part of it or its acronym")
-        return cls(text, _k(k), _choice(RelatedGroup, group, "group", RelatedGroup.REVIEW), Filters.parse(reviewer, topic, week))
+        return cls(text, _k(k), _choice(RelatedGroup, group, "group", RelatedGroup.REVIEW), parse_filters(reviewer, topic, week))

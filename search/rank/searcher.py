@@ -20,10 +20,10 @@ import numpy as np
 from ..errors import BadRequest, ModelMismatch, shorten
 from ..model import encoders as embedding
 from ..model.protocol import Encoder
-from ..store.index import Index, StoredPassage
+from ..storage import Backend, Filters, StoredPassage
 from . import late
 from .fusion import rrf
-from .request import Filters, Group, Mode, SearchRequest
+from .request import Group, Mode, SearchRequest
 
 CANDIDATES = 1000  # rows taken from each ranking before fusion: all of them for small indexes
 # MaxSim scores every row of an index up to this size; on a larger one, only this many
@@ -72,14 +72,14 @@ class Embedded:
 class Searcher:
     """Answers queries against one loaded index; keeps the model and index in memory between queries."""
 
-    def __init__(self, index: Index, encoder: Encoder | None = None):
+    def __init__(self, index: Backend, encoder: Encoder | None = None):
         self.index = index
         self._encoder = encoder
         if encoder is not None:
             self._check(encoder)
 
     def _check(self, encoder: Encoder) -> None:
-        m = self.index.manifest
+        m = self.index.info
         if encoder.model_id != m.model_id or encoder.dim != m.dim:
             raise ModelMismatch(
                 f"the index was built with {m.model_id} ({m.dim}-d) but the query model is "
@@ -89,7 +89,7 @@ class Searcher:
     @property
     def encoder(self) -> Encoder:
         if self._encoder is None:
-            self._encoder = embedding.load_encoder(self.index.manifest.model_id)
+            self._encoder = embedding.load_encoder(self.index.info.model_id)
             self._check(self._encoder)
         return self._encoder
 
@@ -100,28 +100,11 @@ class Searcher:
             return {}
         return self.index.dense_search(vector, n, allowed)
 
-    def lexical_scores(self, terms: list[str], allowed: np.ndarray | None, limit: int) -> dict[int, float]:
-        """BM25 scores of the `limit` best (allowed) rows with at least one matching term."""
-        scores = self.index.lexical.scores_for(terms)
-        rows = np.nonzero(scores > 0)[0]
-        if allowed is not None:
-            rows = np.intersect1d(rows, allowed)
-        if len(rows) > limit:
-            rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
-        return {int(r): float(scores[r]) for r in rows}
-
-    def paper_lexical_scores(self, terms: list[str], rows) -> dict[int, float]:
-        """BM25 of each given row's paper (all its reviews' passages as one document), for rows whose paper matched."""
-        if not terms:
-            return {}
-        scores = self.index.paper_lexical.scores_for(terms)
-        return {r: float(scores[r]) for r in rows if scores[r] > 0}
-
     def late_scores(self, tokens: np.ndarray, rows: np.ndarray) -> late.LateScores:
         """Paper-, review- and passage-level MaxSim of the query's `tokens` for the given rows (see late.late_scores)."""
         if not len(rows):
             return late.LateScores({}, {}, {})
-        return late.late_scores(tokens, self.index.tokens, self.index.paper_groups(rows))
+        return late.late_scores(tokens, self.index, self.index.paper_groups(rows))
 
     def _scores_every_row(self) -> bool:
         """Whether MaxSim scores every row (small indexes) rather than a pool from the dense and BM25 rankings."""
@@ -164,14 +147,14 @@ class Searcher:
         allowed = allowed_rows(self.index, request.filters)
         # Fusion only needs each side's head; a few reviews have many passages each.
         limit = max(CANDIDATES, request.k * 50)
-        terms = self.index.lexical.terms(query) if mode != Mode.DENSE else []
+        terms = self.index.query_terms(query) if mode != Mode.DENSE else []
         need_vector, need_tokens = self._needs(request)
         if (embedded is None or embedded.query != query or (need_vector and embedded.vector is None)
                 or (need_tokens and embedded.tokens is None)):
             embedded = self.embed(request)
         vector, tokens = embedded.vector, embedded.tokens
         dense = self.dense_scores(vector, allowed, limit) if vector is not None else {}
-        lexical = self.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
+        lexical = self.index.lexical_scores(terms, allowed, limit) if mode != Mode.DENSE else {}
         if mode == Mode.DENSE:
             fused, maxsim = dense, {}
         elif mode == Mode.LEXICAL:
@@ -180,7 +163,7 @@ class Searcher:
             fused, maxsim = rrf([dense, lexical]), {}
         else:
             ms = self.late_scores(tokens, self._late_candidates(allowed, dense, lexical))
-            fused, maxsim = late.fuse(ms, lexical, self.paper_lexical_scores(terms, ms.review)), ms.review
+            fused, maxsim = late.fuse(ms, lexical, self.index.paper_lexical_scores(terms, ms.review)), ms.review
         hits = shown_scores(self._hits(request, fused, dense, lexical, maxsim), mode)
         if request.min_score is not None:
             hits = [h for h in hits if h.score >= request.min_score]
@@ -208,18 +191,18 @@ class Searcher:
         return hits[:k]
 
 
-def allowed_rows(index: Index, filters: Filters) -> np.ndarray | None:
+def allowed_rows(index: Backend, filters: Filters) -> np.ndarray | None:
     """The rows `filters` allow (None: all of them); a BadRequest saying which filter matched nothing,
     with the nearest values the index holds, when they allow none."""
     if not filters.active:
         return None
-    rows = index.rows_where(*filters.sql())
+    rows = index.rows_matching(filters)
     if not len(rows):
         raise BadRequest(f"no review matches: {_why_nothing(index, filters)}")
     return rows
 
 
-def _why_nothing(index: Index, f: Filters) -> str:
+def _why_nothing(index: Backend, f: Filters) -> str:
     papers = index.papers()
     if f.reviewer is not None:
         names = sorted({r for p in papers for r in p.reviewers if r})
@@ -236,7 +219,7 @@ def _why_nothing(index: Index, f: Filters) -> str:
             asked = f"week {lo}" if lo == hi else f"weeks {lo}-{hi}"
             held = f"; the index holds weeks {', '.join(map(str, weeks))}" if weeks else "; no file has a week"
             return f"no {asked} in the index{held}"
-    if f.section is not None and not len(index.rows_where(*Filters(section=f.section).sql())):
+    if f.section is not None and not len(index.rows_matching(Filters(section=f.section))):
         return f"no passage is of the kind {f.section.value}"
     return "each filter matches, but not together"
 

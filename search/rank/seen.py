@@ -32,7 +32,7 @@ import numpy as np
 from ..model.protocol import Encoder
 from ..errors import BadRequest
 from .request import paper_name
-from ..store.index import Index, StoredPassage
+from ..storage import Backend, StoredPassage
 from ..notes.titles import match_titles
 
 SIMILAR_MIN = 0.93  # title cosine for "the same paper, other wording" (see module doc)
@@ -211,7 +211,7 @@ def _by_identifier(identifier: str, passages: list[StoredPassage], all_topics: l
 
 
 def seen(
-    index: Index, query: str, encoder: Callable[[], Encoder] | None = None, closest: int = CLOSEST
+    index: Backend, query: str, encoder: Callable[[], Encoder] | None = None, closest: int = CLOSEST
 ) -> SeenResult:
     """Whether the group reviewed the paper `query` names (title, arXiv id/URL or DOI), and where.
 

@@ -35,13 +35,13 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
 from ..errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
+from ..storage import PASSAGE_FIELDS, CheckReport, Filters, IndexInfo, Paper, Settings, StoredPassage
 from .bm25 import LexicalIndex
-from ..notes.reader import ReviewInfo
 
 if TYPE_CHECKING:
     from .tokens import TokenStore
@@ -73,60 +73,11 @@ HNSW_EF_SEARCH = 256  # 128 fell to recall@10 0.94 at 1M
 NORM_TOLERANCE = 1e-3
 
 
-@dataclass(frozen=True)
-class StoredPassage(ReviewInfo):
-    """A passage as kept in the index: the review it belongs to (ReviewInfo) and what it says.
-
-    The one declaration of passage metadata: its fields are the SQLite columns,
-    and `PUBLIC` names the ones every front end shows.
-    """
-
-    row: int  # position of its vector in the FAISS index
-    key: str  # content hash of (model, embedded text); how vectors are reused across builds
-    line: int
-    end_line: int
-    passage_no: int
-    text: str
-    embed_text: str
-    terms: str  # its BM25 terms, space-separated: kept so unchanged passages skip Kiwi next build
-    section: str  # summary, method, results, opinion, limitations or other (sections.py)
-
-    PUBLIC = ("file", "path", "line", "end_line", "week", "topic_no", "topic", "presenter", "review_no", "reviewer",
-              "section", "text")
-
-    def public(self) -> dict[str, Any]:
-        """The fields front ends show, as a JSON-ready dict."""
-        return {name: getattr(self, name) for name in self.PUBLIC}
-
-
-_COLUMNS = [f.name for f in fields(StoredPassage)]
+_COLUMNS = PASSAGE_FIELDS
 _SQL_TYPES = {"int": "INTEGER NOT NULL", "str": "TEXT NOT NULL", "int | None": "INTEGER"}
 _SCHEMA = "CREATE TABLE passages (" + ", ".join(
     f"{f.name} {_SQL_TYPES[f.type]}" + (" PRIMARY KEY" if f.name == "row" else "") for f in fields(StoredPassage)
 ) + ")"
-
-
-@dataclass(frozen=True)
-class CheckReport:
-    """What `Index.check` verified: a generation's folder, its files, their bytes and its passages."""
-
-    folder: Path
-    files: int
-    bytes: int
-    passages: int
-
-
-@dataclass(frozen=True)
-class Paper:
-    """One reviewed paper in the index: who presented it, who reviewed it, how many passages."""
-
-    week: int | None
-    file: str
-    topic_no: int
-    topic: str
-    presenter: str
-    reviewers: list[str]
-    passages: int
 
 
 @dataclass(frozen=True)
@@ -142,13 +93,6 @@ class Manifest:
     reviews: int
     roots: list[str]  # the paths given to the build; a later `index` with no paths reuses them
     checksums: dict[str, str]  # `_file_digest` of every file of the generation, by relative path
-
-
-class Settings(NamedTuple):
-    """What the last build of an index folder was given: kept outside the generations."""
-
-    roots: list[str] | None
-    model_id: str | None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -238,7 +182,8 @@ def faiss_index_for(vectors: np.ndarray):
 
 
 class Index:
-    """One loaded generation of the index: manifest, vectors and passage metadata. Usable with `with`."""
+    """One loaded generation of the index: manifest, vectors and passage metadata; the `local`
+    storage.Backend. Usable with `with`."""
 
     def __init__(self, folder: Path, manifest: Manifest, db: sqlite3.Connection, size: int):
         self.folder = folder
@@ -251,6 +196,11 @@ class Index:
         self._tokens = None
         self.verified = False  # every file matched its checksum (verify_files)
         self._verified_parts: set[str] = set()
+
+    @property
+    def info(self) -> IndexInfo:
+        m = self.manifest
+        return IndexInfo(self.folder.name, m.model_id, m.dim, m.created, len(m.files), m.passages, m.reviews, m.roots)
 
     def damaged(self, what: str) -> IndexDamaged:
         """The error for damage found in this generation, carrying the roots to rebuild from."""
@@ -357,14 +307,6 @@ class Index:
             for week, file, topic_no, topic, presenter, reviewers, n in rows
         ]
 
-    def contents(self) -> dict:
-        """What `list --json` and the API's /papers show: the index's totals, model and every paper."""
-        m = self.manifest
-        return {
-            "model": m.model_id, "created": m.created, "files": len(m.files), "reviews": m.reviews,
-            "passages": m.passages, "papers": [asdict(p) for p in self.papers()],
-        }
-
     def review_at(self, file: str, line: int) -> list[StoredPassage]:
         """All passages of the review that covers `line` of `file` (a path as stored, or a file name), in order.
 
@@ -386,18 +328,61 @@ class Index:
         ]
         return passages if passages and line <= passages[-1].end_line + 3 else []
 
-    def rows_where(self, where: str, params: Sequence) -> np.ndarray:
-        """Rows of the passages matching an SQL condition (see request.Filters.sql), ascending."""
-        rows = self._query(f"SELECT row FROM passages WHERE {where} ORDER BY row", params)
+    def rows_matching(self, filters: Filters) -> np.ndarray:
+        """Rows of the passages `filters` allow, ascending (the filters as an SQL condition)."""
+        clauses, params = [], []
+        if filters.reviewer is not None:
+            clauses.append("reviewer = ?")
+            params.append(filters.reviewer)
+        if filters.topic is not None:
+            clauses.append("contains_casefold(topic, ?)")
+            params.append(filters.topic)
+        if filters.weeks is not None:
+            clauses.append("week BETWEEN ? AND ?")
+            params += list(filters.weeks)
+        if filters.section is not None:
+            clauses.append("section = ?")
+            params.append(filters.section.value)
+        rows = self._query(f"SELECT row FROM passages WHERE {' AND '.join(clauses) or '1'} ORDER BY row", params)
         return np.fromiter((r for (r,) in rows), dtype=np.int64, count=len(rows))
+
+    def query_terms(self, query: str) -> list[str]:
+        """The query's BM25 terms (Kiwi morphemes, as the passages' were made)."""
+        return self.lexical.terms(query)
+
+    def lexical_scores(self, terms: list[str], allowed: np.ndarray | None, limit: int) -> dict[int, float]:
+        """BM25 scores of the `limit` best (allowed) rows with at least one matching term."""
+        scores = self.lexical.scores_for(terms)
+        rows = np.nonzero(scores > 0)[0]
+        if allowed is not None:
+            rows = np.intersect1d(rows, allowed)
+        if len(rows) > limit:
+            rows = rows[np.argpartition(-scores[rows], limit - 1)[:limit]]
+        return {int(r): float(scores[r]) for r in rows}
+
+    def paper_lexical_scores(self, terms: list[str], rows: Iterable[int]) -> dict[int, float]:
+        """BM25 of each given row's paper (all its reviews' passages as one document), for rows whose paper matched."""
+        if not terms:
+            return {}
+        scores = self.paper_lexical.scores_for(terms)
+        return {r: float(scores[r]) for r in rows if scores[r] > 0}
+
+    def token_cosines(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
+        """Cosines of the query's token rows with the stored tokens of `rows`, in order (TokenStore.cosines)."""
+        return self.tokens.cosines(query, rows)
+
+    def token_counts(self, rows: list[int]) -> np.ndarray:
+        """Stored tokens per row."""
+        return np.diff(self.tokens.offsets)[rows]
+
+    def warm(self) -> None:
+        """Read the vectors and both BM25 indexes now (the token codes stay memory-mapped)."""
+        self.faiss, self.lexical, self.paper_lexical
 
     def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
         """The k rows most similar to `vector` (inner product), limited to `allowed` rows when given.
 
-        With `passages`, `rows_where`, `paper_groups`, `lexical`, `paper_lexical`
-        and `tokens`, this is all ranking needs from storage: the seam where a
-        remote search engine would plug in (docs/scaling-out.md). Raises IndexDamaged when a hit's stored vector is
-        not unit length.
+        Raises IndexDamaged when a hit's stored vector is not unit length.
         """
         import faiss
 
@@ -463,7 +448,7 @@ class Index:
             getattr(self, part)
         self.vectors()
         files = [p for p in self.folder.rglob("*") if p.is_file()]
-        return CheckReport(self.folder, len(files), sum(p.stat().st_size for p in files), self.size)
+        return CheckReport(str(self.folder), len(files), sum(p.stat().st_size for p in files), self.size)
 
     def close(self) -> None:
         self._db.close()
@@ -542,18 +527,6 @@ def holds_an_index(index_dir: Path | str) -> bool:
     return index_dir.is_dir() and any(
         p.name in (CURRENT, SETTINGS) or p.name.startswith(_GEN_PREFIX) for p in index_dir.iterdir()
     )
-
-
-def review_dict(passages: list[StoredPassage]) -> dict:
-    """A whole review (`Index.review_at`) as JSON: its metadata, its text and its passages with their lines."""
-    first, last = passages[0], passages[-1]
-    return {
-        "file": first.file, "path": first.path, "line": first.line, "end_line": last.end_line,
-        "week": first.week, "topic_no": first.topic_no, "topic": first.topic, "presenter": first.presenter,
-        "review_no": first.review_no, "reviewer": first.reviewer,
-        "text": "\n\n".join(p.text for p in passages),
-        "passages": [{"line": p.line, "end_line": p.end_line, "text": p.text} for p in passages],
-    }
 
 
 def open_index(index_dir: Path | str, verify: bool | None = None) -> Index:

@@ -15,7 +15,7 @@ from search.cli import app
 from search.errors import BadRequest
 from search.rank.searcher import Searcher
 from search.notes.reader import read_reviews
-from search.rank.request import Filters, SearchRequest
+from search.rank.request import SearchRequest, parse_filters
 from search.notes.sections import Section, classify_label, parse_section
 from search.store.index import open_index
 from conftest import SEEDS
@@ -80,9 +80,9 @@ def test_parse_section_takes_kinds_and_label_aliases():
     with pytest.raises(ValueError, match="section takes one of"):
         parse_section("banana")
     with pytest.raises(BadRequest, match="section takes one of"):
-        Filters.parse(section="banana")
-    assert Filters.parse(section="후기").section is Section.OPINION
-    assert Filters.parse(section="  ").section is None
+        parse_filters(section="banana")
+    assert parse_filters(section="후기").section is Section.OPINION
+    assert parse_filters(section="  ").section is None
 
 
 def _passages(folders: list[Path]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -245,8 +246,10 @@ def test_late_scores_equal_maxsim_over_decoded_tokens():
     passages = [token_like(n, seed=n) for n in (5, 9, 2, 7, 4)]
     store = token_store.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
     query = token_like(6, seed=99)
+    # the two calls late_scores makes of a backend, answered by the store itself
+    tokens = SimpleNamespace(token_cosines=store.cosines, token_counts=lambda rows: np.diff(store.offsets)[rows])
     # papers: {reviews [0, 2] and [3]}, {review [1, 4]}
-    ms = late.late_scores(query, store, [[[0, 2], [3]], [[1, 4]]])
+    ms = late.late_scores(query, tokens, [[[0, 2], [3]], [[1, 4]]])
     decoded = [store.states(r) for r in range(5)]
     for r in range(5):
         assert ms.passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
@@ -356,7 +359,7 @@ def test_large_index_scores_a_pool_from_dense_and_bm25(corpus_index: Path, monke
         request = SearchRequest.parse("low-rank adaptation 학습 비용", k=20, group="passage")
         vector = encoder.embed_query(request.query)
         dense = searcher.dense_scores(vector, None, ranking.CANDIDATES)
-        lexical = searcher.lexical_scores(idx.lexical.terms(request.query), None, ranking.CANDIDATES)
+        lexical = idx.lexical_scores(idx.query_terms(request.query), None, ranking.CANDIDATES)
         fused = ranking.rrf([dense, lexical])
         pool = set(sorted(fused, key=lambda r: (-fused[r], r))[:3])
         hits = searcher.search(request).hits

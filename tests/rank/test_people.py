@@ -16,7 +16,7 @@ from search.cli import app
 from search.rank.people import TOP_ITEMS, who
 from search.rank.searcher import Searcher
 from search.notes.reader import read_reviews
-from search.rank.request import Filters
+from search.rank.request import parse_filters
 from search.store.index import open_index
 from conftest import SEEDS
 
@@ -72,7 +72,7 @@ def test_who_sums_the_best_three_items_and_credits_presenters(speech_index: Path
 def test_who_filters_and_depth(speech_index: Path, fake_encoder):
     with open_index(speech_index) as idx:
         searcher = Searcher(idx, fake_encoder)
-        only_one = who(searcher, "음성 인식", k=10, mode="lexical", filters=Filters.parse(topic="Speech One"))
+        only_one = who(searcher, "음성 인식", k=10, mode="lexical", filters=parse_filters(topic="Speech One"))
         shallow = who(searcher, "음성 인식", k=10, mode="lexical", depth=1)
     assert {p.name for p in only_one} == {"다작", "한번", "발표자갑"}
     assert len(shallow) == 2 and all(len(p.evidence) == 1 for p in shallow)  # one review: its reviewer and presenter

@@ -13,7 +13,7 @@ from typer.main import get_command
 from search.cli import app
 from search.mcp import build_server
 from search.errors import BadRequest
-from search.rank.request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, Filters, Group, SearchRequest
+from search.rank.request import DEFAULT_GROUP, DEFAULT_K, DEFAULT_MODE, Filters, Group, SearchRequest, parse_filters
 from search.http.params import parse_search
 from search.service import SearchService
 
@@ -48,13 +48,13 @@ def test_choices_are_forgiving_about_case_and_spaces(field, value):
 
 @pytest.mark.parametrize("text, weeks", [("3", (3, 3)), ("3-5", (3, 5)), (" 4 - 4 ", (4, 4))])
 def test_week_ranges(text, weeks):
-    assert Filters.parse(week=text).weeks == weeks
+    assert parse_filters(week=text).weeks == weeks
 
 
 @pytest.mark.parametrize("text", ["5-3", "x", "1-2-3", "-3", "99999999999999999999", "3-99999999999999999999", "²", "١٢"])
 def test_bad_weeks_are_bad_requests(text):
     with pytest.raises(BadRequest, match="week"):
-        Filters.parse(week=text)
+        parse_filters(week=text)
 
 
 @pytest.mark.parametrize(

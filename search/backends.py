@@ -1,0 +1,38 @@
+"""Which backend holds the index a location names, and what can be known of it without opening it.
+
+Front ends and builds name an index by location (`--index`); this is the one place that maps a
+location to an engine, importing the engine only when it is named. Today every location is a
+folder of the `local` backend (store/index.py: FAISS + SQLite).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .storage import Backend, Settings
+
+
+def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
+    """The live index at `location`, or an IndexUnavailable error saying what is wrong.
+
+    `verify` checks everything against its checksums before answering; by
+    default the backend decides (the local one verifies small generations whole).
+    """
+    from .store.index import open_index
+
+    return open_index(location, verify)
+
+
+def live_version(location: Path | str) -> str | None:
+    """Which build is live at `location` (None when none is or it cannot be read): a long-running
+    reader compares it between requests to notice a rebuild without reopening the index."""
+    from .store.index import live_generation
+
+    return live_generation(location)
+
+
+def read_settings(location: Path | str) -> Settings:
+    """The note folders and model the index at `location` was last built with, or Nones when unknown."""
+    from .store.index import read_settings as local_settings
+
+    return local_settings(location)

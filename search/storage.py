@@ -1,0 +1,182 @@
+"""The storage interface: what ranking, related, seen, who and the front ends need from an index,
+whatever engine holds it.
+
+Everything above this module reads an index through `Backend` and the records declared here;
+`backends.open_backend` picks the engine a location names. The FAISS + SQLite store
+(`store/index.py`) is the `local` backend. Filters travel as a `Filters` value that each backend
+translates itself (the local one into SQL), so no query language leaks upwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Iterable, NamedTuple, Protocol, Sequence
+
+import numpy as np
+
+from .notes.reader import ReviewInfo
+from .notes.sections import Section
+
+
+@dataclass(frozen=True)
+class StoredPassage(ReviewInfo):
+    """A passage as kept in the index: the review it belongs to (ReviewInfo) and what it says.
+
+    The one declaration of passage metadata: its fields are what every backend
+    stores per passage, and `PUBLIC` names the ones every front end shows.
+    """
+
+    row: int  # the passage's number in the index, what every ranking is keyed by
+    key: str  # content hash of (model, embedded text); how vectors are reused across builds
+    line: int
+    end_line: int
+    passage_no: int
+    text: str
+    embed_text: str
+    terms: str  # its BM25 terms, space-separated: kept so unchanged passages skip Kiwi next build
+    section: str  # summary, method, results, opinion, limitations or other (sections.py)
+
+    PUBLIC = ("file", "path", "line", "end_line", "week", "topic_no", "topic", "presenter", "review_no", "reviewer",
+              "section", "text")
+
+    def public(self) -> dict[str, Any]:
+        """The fields front ends show, as a JSON-ready dict."""
+        return {name: getattr(self, name) for name in self.PUBLIC}
+
+
+PASSAGE_FIELDS = [f.name for f in fields(StoredPassage)]
+
+
+@dataclass(frozen=True)
+class Paper:
+    """One reviewed paper in the index: who presented it, who reviewed it, how many passages."""
+
+    week: int | None
+    file: str
+    topic_no: int
+    topic: str
+    presenter: str
+    reviewers: list[str]
+    passages: int
+
+
+@dataclass(frozen=True)
+class IndexInfo:
+    """What an index was built with and holds, as every backend reports it."""
+
+    version: str  # which build is live (the local backend's generation); a reader compares it to notice a rebuild
+    model_id: str
+    dim: int
+    created: str
+    files: int
+    passages: int
+    reviews: int
+    roots: list[str]  # the paths given to the build; a later `index` with no paths reuses them
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What `Backend.check` verified: where, how many files and bytes, how many passages."""
+
+    where: str
+    files: int
+    bytes: int
+    passages: int
+
+
+class Settings(NamedTuple):
+    """What the last build of an index was given: kept apart from the builds themselves."""
+
+    roots: list[str] | None
+    model_id: str | None
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which passages a search may return; None means no restriction (`request.parse_filters` reads user input)."""
+
+    reviewer: str | None = None
+    topic: str | None = None  # case-insensitive substring of the paper title
+    weeks: tuple[int, int] | None = None  # inclusive range
+    section: Section | None = None  # only passages of this kind (sections.py)
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.reviewer, self.topic, self.weeks, self.section))
+
+
+class Backend(Protocol):
+    """One live index, read-only: candidates by vector, by BM25 terms and by token similarity,
+    passages and their paper groups by row. Usable with `with`; raises IndexDamaged on damage."""
+
+    info: IndexInfo
+    size: int  # passages; rows run from 0 to size - 1
+
+    def passages(self, rows: Iterable[int] | None = None) -> list[StoredPassage]:
+        """Passages by row (in the order given), or all of them in row order."""
+
+    def paper_groups(self, rows: Iterable[int]) -> list[list[list[int]]]:
+        """The given rows grouped by review, and the reviews by the paper they review."""
+
+    def papers(self) -> list[Paper]:
+        """Every reviewed paper, in week, file and topic order."""
+
+    def review_at(self, file: str, line: int) -> list[StoredPassage]:
+        """All passages of the review covering `line` of `file` (a path or a file name); empty when none does."""
+
+    def rows_matching(self, filters: Filters) -> np.ndarray:
+        """Rows of the passages `filters` allow, ascending."""
+
+    def dense_search(self, vector: np.ndarray, k: int, allowed: np.ndarray | None = None) -> dict[int, float]:
+        """The k rows (of `allowed`, when given) whose vectors have the highest inner product with `vector`."""
+
+    def vectors(self, rows: Sequence[int] | None = None) -> np.ndarray:
+        """Stored passage vectors by row, all of them when `rows` is None."""
+
+    def query_terms(self, query: str) -> list[str]:
+        """The query's BM25 terms, as the passages' were made."""
+
+    def lexical_scores(self, terms: list[str], allowed: np.ndarray | None, limit: int) -> dict[int, float]:
+        """BM25 of the `limit` best (allowed) rows with at least one of `terms`."""
+
+    def paper_lexical_scores(self, terms: list[str], rows: Iterable[int]) -> dict[int, float]:
+        """BM25 of each given row's paper (all its reviews' passages as one document), for rows whose paper matched."""
+
+    def token_cosines(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
+        """(query tokens, stored tokens of `rows` in order) cosines, for MaxSim (rank/late.py)."""
+
+    def token_counts(self, rows: list[int]) -> np.ndarray:
+        """How many stored tokens each of `rows` has."""
+
+    def warm(self) -> None:
+        """Load now what queries read, so a server's first request does not pay for it."""
+
+    def check(self) -> CheckReport:
+        """Verify everything the index holds, whatever its size; raises IndexDamaged naming what is damaged."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Backend": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+def contents(backend: Backend) -> dict:
+    """What `list --json` and the API's /papers show: the index's totals, model and every paper."""
+    m = backend.info
+    return {
+        "model": m.model_id, "created": m.created, "files": m.files, "reviews": m.reviews,
+        "passages": m.passages, "papers": [asdict(p) for p in backend.papers()],
+    }
+
+
+def review_dict(passages: list[StoredPassage]) -> dict:
+    """A whole review (`Backend.review_at`) as JSON: its metadata, its text and its passages with their lines."""
+    first, last = passages[0], passages[-1]
+    return {
+        "file": first.file, "path": first.path, "line": first.line, "end_line": last.end_line,
+        "week": first.week, "topic_no": first.topic_no, "topic": first.topic, "presenter": first.presenter,
+        "review_no": first.review_no, "reviewer": first.reviewer,
+        "text": "\n\n".join(p.text for p in passages),
+        "passages": [{"line": p.line, "end_line": p.end_line, "text": p.text} for p in passages],
+    }
