@@ -98,7 +98,7 @@ class SetData:
 
 def idf_fraction(lex, query: str) -> float:
     """Share of the query's IDF mass that the corpus vocabulary matches (unmatched words count at max IDF)."""
-    from search.store.bm25 import query_terms, stopwords
+    from search.notes.terms import query_terms, stopwords
 
     n = lex.size
     stop = stopwords()

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from search.store.bm25 import QuerySegmenter, passage_terms  # noqa: E402
+from search.notes.terms import QuerySegmenter, passage_terms  # noqa: E402
 from search.notes.reader import read_reviews  # noqa: E402
 
 BOUND_SECONDS = 2.0

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .storage import Backend, Settings
+from .storage import Backend, Settings, Writer
 
 
 def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
@@ -36,3 +36,17 @@ def read_settings(location: Path | str) -> Settings:
     from .store.index import read_settings as local_settings
 
     return local_settings(location)
+
+
+def open_writer(location: Path | str) -> Writer:
+    """A build's writer for the index at `location` (use it with `with`: it takes the build lock)."""
+    from .store.update import LocalWriter
+
+    return LocalWriter(location)
+
+
+def holds_an_index(location: Path | str) -> bool:
+    """Whether `location` holds (or held) an index, even a damaged one: a rebuild must not guess its notes."""
+    from .store.index import holds_an_index as local_holds
+
+    return local_holds(location)

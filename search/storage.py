@@ -10,11 +10,12 @@ translates itself (the local one into SQL), so no query language leaks upwards.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Iterable, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
 
-from .notes.reader import ReviewInfo
+from .model.protocol import Encoder, Progress
+from .notes.reader import Problem, ReviewInfo
 from .notes.sections import Section
 
 
@@ -157,6 +158,41 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
     def __enter__(self) -> "Backend": ...
+
+    def __exit__(self, *exc) -> None: ...
+
+
+@dataclass(frozen=True)
+class Written:
+    """What `Writer.update` did."""
+
+    embedded: int  # passages whose vectors were computed rather than reused
+    tokens_embedded: int  # passages whose token states were computed rather than reused
+    embed_seconds: float
+    written: bool  # False when the index already held exactly this and nothing was written
+
+
+class Writer(Protocol):
+    """One build's write into an index. Inside `with` it holds the build lock (IndexBusy when another
+    build has it) and `previous` is the live index (None when there is none or it is unusable;
+    `previous_problem` then says why). Leaving without `update` changes nothing."""
+
+    previous: Backend | None
+    previous_problem: str | None
+
+    def previous_passages(self, problems: list[Problem]) -> list[StoredPassage]:
+        """The live index's passages in row order (none without one, or when they cannot be read:
+        that goes into `problems`)."""
+
+    def update(self, records: Sequence[StoredPassage], roots: list[str], encoder: Encoder, full: bool,
+               problems: list[Problem], on_start: Callable[[int], None] | None = None,
+               progress: Progress | None = None) -> Written:
+        """Make `records` (row i = records[i]) the live index, built from `roots` with `encoder`:
+        embedding what the index cannot reuse (everything with `full`), and writing nothing when it
+        already holds exactly this. Reuse it had to give up is added to `problems`. Raises DiskError
+        when the write is refused, with the live index unchanged."""
+
+    def __enter__(self) -> "Writer": ...
 
     def __exit__(self, *exc) -> None: ...
 

@@ -144,7 +144,7 @@ def test_a_codec_fitted_on_a_full_sample_is_kept_and_no_old_passage_is_embedded_
     notes: Path, tmp_path: Path, fake_encoder, monkeypatch
 ):
     monkeypatch.setattr(token_store, "FIT_TOKENS", 20)  # the sample: a few passages' tokens
-    monkeypatch.setattr("search.indexing.build.EMBED_CHUNK", 1)
+    monkeypatch.setattr("search.store.update.EMBED_CHUNK", 1)
     first = build_index([notes], tmp_path / "idx", fake_encoder)
     with open_index(tmp_path / "idx") as idx:
         fitted, total = idx.tokens.fitted_tokens, idx.tokens.total_tokens
