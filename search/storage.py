@@ -106,6 +106,15 @@ class Filters:
         return any(v is not None for v in (self.reviewer, self.topic, self.weeks, self.section))
 
 
+@dataclass(frozen=True)
+class LateScores:
+    """Per row: MaxSim of the query against its paper's, its review's and its own passage's tokens."""
+
+    paper: dict[int, float]
+    review: dict[int, float]
+    passage: dict[int, float]
+
+
 class Backend(Protocol):
     """One live index, read-only: candidates by vector, by BM25 terms and by token similarity,
     passages and their paper groups by row. Usable with `with`; raises IndexDamaged on damage."""
@@ -143,11 +152,9 @@ class Backend(Protocol):
     def paper_lexical_scores(self, terms: list[str], rows: Iterable[int]) -> dict[int, float]:
         """BM25 of each given row's paper (all its reviews' passages as one document), for rows whose paper matched."""
 
-    def token_cosines(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
-        """(query tokens, stored tokens of `rows` in order) cosines, for MaxSim (rank/late.py)."""
-
-    def token_counts(self, rows: list[int]) -> np.ndarray:
-        """How many stored tokens each of `rows` has."""
+    def late_scores(self, query: np.ndarray, papers: list[list[list[int]]]) -> "LateScores":
+        """MaxSim of the query's token rows against each given row's paper, review and passage tokens
+        (`papers`: rows grouped by review, reviews by paper, as `paper_groups` gives them)."""
 
     def warm(self) -> None:
         """Load now what queries read, so a server's first request does not pay for it."""

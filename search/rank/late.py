@@ -5,17 +5,15 @@ against the passage's tokens, averaged over the query tokens. Token states are
 the last hidden layer of the same model that makes the passage vectors, read
 with the model's `query: ` / `passage: ` prefixes (model/tokens.py says which
 count). Scored here at three levels (paper, review, passage) from the stored
-tokens (the backend's `token_cosines`); the weights below say how much each of late mode's
+tokens (the backend's `late_scores`, three levels); the weights below say how much each of late mode's
 rankings counts in its fusion (`fuse`, at the end).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from ..storage import Backend
+from ..storage import LateScores
 from .fusion import rrf
 
 # The MaxSim ranking counts this many times the BM25 ranking in the fusion (RRF,
@@ -54,49 +52,6 @@ def maxsim(query: np.ndarray, passage: np.ndarray) -> float:
     if not len(query) or not len(passage):
         return 0.0
     return float((query @ passage.T).max(axis=1).mean())
-
-
-@dataclass(frozen=True)
-class LateScores:
-    """Per row: MaxSim of the query against its paper's, its review's and its own passage's tokens."""
-
-    paper: dict[int, float]
-    review: dict[int, float]
-    passage: dict[int, float]
-
-
-def late_scores(query: np.ndarray, backend: Backend, papers: list[list[list[int]]]) -> LateScores:
-    """MaxSim at three levels for the rows of `papers` (rows grouped by review, reviews by paper).
-
-    Scoring the whole review rather than its best passage was worth +0.015
-    and +0.026 nDCG@10 on the two labelled sets (docs/ranking.md): an answer is often
-    spread over several paragraphs of one review. The paper score (all tokens
-    of the paper's reviews) is a light third ranking (PAPER_WEIGHT). The
-    passage score picks which of the review's passages to show. All candidate
-    tokens are scored in one product, in the codec's projected space.
-    """
-    reviews = [review for paper in papers for review in paper]
-    rows = [r for group in reviews for r in group]
-    if not rows or not len(query):
-        zero = {r: 0.0 for r in rows}
-        return LateScores(dict(zero), dict(zero), dict(zero))
-    sims = backend.token_cosines(query, rows)
-    counts = backend.token_counts(rows)
-
-    def starts(sizes) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(sizes)[:-1]])
-
-    # (query tokens, units): the best cosine of each query token within each passage, review, paper
-    per_passage = np.maximum.reduceat(sims, starts(counts), axis=1)
-    sizes = np.array([len(g) for g in reviews])
-    per_review = np.maximum.reduceat(per_passage, starts(sizes), axis=1)
-    per_paper = np.maximum.reduceat(per_review, starts([len(p) for p in papers]), axis=1)
-    paper_rows = [sum(len(g) for g in p) for p in papers]
-    return LateScores(
-        paper=dict(zip(rows, np.repeat(per_paper.mean(axis=0), paper_rows).tolist())),
-        review=dict(zip(rows, np.repeat(per_review.mean(axis=0), sizes).tolist())),
-        passage=dict(zip(rows, per_passage.mean(axis=0).tolist())),
-    )
 
 
 def fuse(ms: LateScores, lexical: dict[int, float], paper_lexical: dict[int, float]) -> dict[int, float]:

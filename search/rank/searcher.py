@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import BadRequest, ModelMismatch, shorten
 from ..model import encoders as embedding
 from ..model.protocol import Encoder
-from ..storage import Backend, Filters, StoredPassage
+from ..storage import Backend, Filters, LateScores, StoredPassage
 from . import late
 from .fusion import rrf
 from .request import Group, Mode, SearchRequest
@@ -100,11 +100,11 @@ class Searcher:
             return {}
         return self.index.dense_search(vector, n, allowed)
 
-    def late_scores(self, tokens: np.ndarray, rows: np.ndarray) -> late.LateScores:
-        """Paper-, review- and passage-level MaxSim of the query's `tokens` for the given rows (see late.late_scores)."""
+    def late_scores(self, tokens: np.ndarray, rows: np.ndarray) -> LateScores:
+        """Paper-, review- and passage-level MaxSim of the query's `tokens` for the given rows (Backend.late_scores)."""
         if not len(rows):
-            return late.LateScores({}, {}, {})
-        return late.late_scores(tokens, self.index, self.index.paper_groups(rows))
+            return LateScores({}, {}, {})
+        return self.index.late_scores(tokens, self.index.paper_groups(rows))
 
     def _scores_every_row(self) -> bool:
         """Whether MaxSim scores every row (small indexes) rather than a pool from the dense and BM25 rankings."""

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
-from ..storage import PASSAGE_FIELDS, CheckReport, Filters, IndexInfo, Paper, Settings, StoredPassage
+from ..storage import PASSAGE_FIELDS, CheckReport, Filters, IndexInfo, LateScores, Paper, Settings, StoredPassage
 from .bm25 import LexicalIndex
 
 if TYPE_CHECKING:
@@ -367,13 +367,9 @@ class Index:
         scores = self.paper_lexical.scores_for(terms)
         return {r: float(scores[r]) for r in rows if scores[r] > 0}
 
-    def token_cosines(self, query: np.ndarray, rows: list[int]) -> np.ndarray:
-        """Cosines of the query's token rows with the stored tokens of `rows`, in order (TokenStore.cosines)."""
-        return self.tokens.cosines(query, rows)
-
-    def token_counts(self, rows: list[int]) -> np.ndarray:
-        """Stored tokens per row."""
-        return np.diff(self.tokens.offsets)[rows]
+    def late_scores(self, query: np.ndarray, papers: list[list[list[int]]]) -> LateScores:
+        """MaxSim at three levels from the stored token codes (TokenStore.late_scores)."""
+        return self.tokens.late_scores(query, papers)
 
     def warm(self) -> None:
         """Read the vectors and both BM25 indexes now (the token codes stay memory-mapped)."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -246,10 +245,8 @@ def test_late_scores_equal_maxsim_over_decoded_tokens():
     passages = [token_like(n, seed=n) for n in (5, 9, 2, 7, 4)]
     store = token_store.TokenStore.from_encoded(codec, 800, [codec.encode(p) for p in passages])
     query = token_like(6, seed=99)
-    # the two calls late_scores makes of a backend, answered by the store itself
-    tokens = SimpleNamespace(token_cosines=store.cosines, token_counts=lambda rows: np.diff(store.offsets)[rows])
     # papers: {reviews [0, 2] and [3]}, {review [1, 4]}
-    ms = late.late_scores(query, tokens, [[[0, 2], [3]], [[1, 4]]])
+    ms = store.late_scores(query, [[[0, 2], [3]], [[1, 4]]])
     decoded = [store.states(r) for r in range(5)]
     for r in range(5):
         assert ms.passage[r] == pytest.approx(late.maxsim(query, decoded[r]), abs=1e-5)
