@@ -1,8 +1,11 @@
 """Which backend holds the index a location names, and what can be known of it without opening it.
 
 Front ends and builds name an index by location (`--index`); this is the one place that maps a
-location to an engine, importing the engine only when it is named. Today every location is a
-folder of the `local` backend (store/index.py: FAISS + SQLite).
+location to an engine, importing the engine only when it is named: `qdrant:PATH` is a folder of
+the Qdrant backend (qdrant.py: embedded Qdrant Edge shards), anything else a folder of the `local`
+backend (store/index.py: FAISS + SQLite). Both keep the same folder discipline (a `CURRENT`
+pointer, `settings.json`, a build lock), so what can be known without opening the index is read
+the same way for both.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
     `verify` checks everything against its checksums before answering; by
     default the backend decides (the local one verifies small generations whole).
     """
+    from .qdrant import location_path, open_qdrant
+
+    if (folder := location_path(location)) is not None:
+        return open_qdrant(folder)
     from .store.index import open_index
 
     return open_index(location, verify)
@@ -28,18 +35,22 @@ def live_version(location: Path | str) -> str | None:
     reader compares it between requests to notice a rebuild without reopening the index."""
     from .store.index import live_generation
 
-    return live_generation(location)
+    return live_generation(_folder(location))
 
 
 def read_settings(location: Path | str) -> Settings:
     """The note folders and model the index at `location` was last built with, or Nones when unknown."""
     from .store.index import read_settings as local_settings
 
-    return local_settings(location)
+    return local_settings(_folder(location))
 
 
 def open_writer(location: Path | str) -> Writer:
     """A build's writer for the index at `location` (use it with `with`: it takes the build lock)."""
+    from .qdrant import QdrantWriter, location_path
+
+    if (folder := location_path(location)) is not None:
+        return QdrantWriter(folder)
     from .store.update import LocalWriter
 
     return LocalWriter(location)
@@ -49,4 +60,11 @@ def holds_an_index(location: Path | str) -> bool:
     """Whether `location` holds (or held) an index, even a damaged one: a rebuild must not guess its notes."""
     from .store.index import holds_an_index as local_holds
 
-    return local_holds(location)
+    return local_holds(_folder(location))
+
+
+def _folder(location: Path | str) -> Path:
+    """The folder behind a location of any backend."""
+    from .qdrant import location_path
+
+    return location_path(location) or Path(location)

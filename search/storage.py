@@ -10,6 +10,7 @@ translates itself (the local one into SQL), so no query language leaks upwards.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple, Protocol, Sequence
 
 import numpy as np
@@ -83,6 +84,12 @@ class CheckReport:
     files: int
     bytes: int
     passages: int
+
+    @classmethod
+    def of_folder(cls, folder: Path, passages: int) -> "CheckReport":
+        """The report for a backend whose index lives in `folder`: its files and their bytes."""
+        files = [p for p in folder.rglob("*") if p.is_file()]
+        return cls(str(folder), len(files), sum(p.stat().st_size for p in files), passages)
 
 
 class Settings(NamedTuple):

@@ -18,6 +18,7 @@ LAYERS = [
     ["search.model"],
     ["search.storage"],
     ["search.store"],
+    ["search.qdrant"],
     ["search.backends"],
     ["search.rank"],
     ["search.indexing"],

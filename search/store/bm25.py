@@ -94,6 +94,20 @@ class LexicalIndex:
             raise ValueError("BM25 arrays are damaged")
         return cls(*arrays, vocab, documents, groups)
 
+    def weights_without_idf(self) -> list[dict[str, float]]:
+        """Per document, each of its terms' BM25 weight divided by the term's IDF: what an engine that
+        applies IDF itself (Qdrant's sparse vectors with the IDF modifier, Lucene's formula as bm25s's
+        `lucene` method uses) needs stored to give these scores back."""
+        df = np.diff(self._indptr)
+        idf = np.log(1 + (self.documents - df + 0.5) / (df + 0.5))
+        term_of = np.repeat(np.arange(len(df)), df)
+        names = {i: t for t, i in self._vocab.items() if t}
+        out: list[dict[str, float]] = [{} for _ in range(self.documents)]
+        for doc, t, w in zip(self._indices.tolist(), term_of.tolist(), (self._data / idf[term_of]).tolist()):
+            if t in names:
+                out[doc][names[t]] = w
+        return out
+
     def terms(self, query: str) -> list[str]:
         """The query's terms that this index knows (stopwords never made it into the vocabulary)."""
         return [t for t in self._segmenter.terms(query) if t in self.vocab]

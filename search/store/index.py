@@ -443,8 +443,7 @@ class Index:
         for part in ("lexical", "paper_lexical", "tokens", "faiss"):
             getattr(self, part)
         self.vectors()
-        files = [p for p in self.folder.rglob("*") if p.is_file()]
-        return CheckReport(str(self.folder), len(files), sum(p.stat().st_size for p in files), self.size)
+        return CheckReport.of_folder(self.folder, self.size)
 
     def close(self) -> None:
         self._db.close()
