@@ -29,7 +29,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic sea
 DEFAULT_INDEX = Path("index")
 # eval --mode: any ranking mode, or `all` of them side by side (derived from Mode, so it never lags behind)
 EvalMode = Enum("EvalMode", {"ALL": "all", **{m.name: m.value for m in Mode}}, type=str)
-IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder.")
+IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder (qdrant:DIR for the Qdrant backend).")
 KOpt = typer.Option(DEFAULT_K, "-k", min=1, max=MAX_K, help="How many results.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")

@@ -136,3 +136,26 @@ def test_cli_commands_answer_from_either_backend(built, kind, fake_model):
     for args in (["query", "위스퍼 음성인식"], ["list"], ["related", "LoRA"], ["who", "음성 인식"], ["seen", "LoRA"], ["check"]):
         result = runner.invoke(app, [*args, "--index", built[kind]], env={"COLUMNS": "200"})
         assert result.exit_code == 0, (args, result.output)
+
+
+@pytest.mark.parametrize("kind", BACKENDS)
+def test_the_service_picks_up_a_rebuild_on_either_backend(tmp_path, kind):
+    """What serve, mcp and --watch run on: a long-lived reader that notices a new generation."""
+    import shutil
+
+    from search.service import SearchService
+
+    notes = tmp_path / "notes"
+    shutil.copytree(CORPUS, notes, ignore=shutil.ignore_patterns("*.jsonl", "2주차*"))
+    where = location(kind, tmp_path / "idx")
+    build_index([notes], where, FakeEncoder())
+    service = SearchService(where, FakeEncoder())
+    try:
+        before = service.status()["passages"]
+        shutil.copy(CORPUS / "2주차 정리.md", notes)
+        build_index(None, where, FakeEncoder())
+        assert service.status()["passages"] > before
+        hits = service.search(SearchRequest.parse("LoRA", mode="lexical")).hits
+        assert hits and all("LoRA" in h.passage.text or "lora" in h.passage.terms for h in hits[:1])
+    finally:
+        service.close()
