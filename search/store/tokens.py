@@ -6,9 +6,10 @@ directions and keeps each projected token as int4 with one float16 scale;
 decoding maps back to the model's space, so MaxSim stays a plain cosine. The
 mean and the projection are fitted on a build's tokens and then reused by the
 incremental builds that follow (stored codes stay valid), until the index has
-doubled in tokens; then they are refitted and every passage's tokens embedded
-again with the model and re-encoded. Once fitted on FIT_TOKENS tokens (a
-sample of a larger build), the codec is kept for good.
+doubled in tokens; then they are refitted on the new passages' states and the
+stored codes decoded, and every passage is encoded again: no passage is
+embedded twice. Once fitted on FIT_TOKENS tokens (a sample of a larger build),
+the codec is kept for good.
 """
 
 from __future__ import annotations
@@ -163,10 +164,10 @@ def _pad(x: np.ndarray, width: int) -> np.ndarray:
     return np.pad(x, [(0, 0)] * (x.ndim - 1) + [(0, extra)]) if extra else x
 
 
-# Refit the codec (and re-embed every passage's tokens) once the index holds this
-# many times the tokens it was fitted on: a codec fitted on a first small week
-# lost 0.03 nDCG on a three-times-larger index (docs/ranking.md, "Token storage"), while
-# doubling keeps the re-embedding cost to at most one extra full pass overall...
+# Refit the codec (from the stored codes, decoded, and the new states) once the index
+# holds this many times the tokens it was fitted on: a codec fitted on a first small
+# week lost 0.03 nDCG on a three-times-larger index (docs/ranking.md, "Token storage"),
+# and doubling keeps the re-encoding to at most one extra pass over the codes overall...
 REFIT_GROWTH = 2.0
 # ...until it was fitted on this many tokens (about 1,900 passages of the labelled sets'
 # kind): then it is kept for good, and a build holds at most this many tokens' states in
@@ -362,14 +363,17 @@ def build_store(
     so what is held in float32 is bounded by the codec's sample: without an old
     store, or once the index outgrows what its codec was fitted on
     (`needs_refit`, judged with `new_tokens(rows)`, an estimate of the tokens of
-    rows to embed), every passage is embedded and the codec is fitted on the
-    first FIT_TOKENS of them in a fixed random order (on all of them in row order
-    when they are fewer), then the rest are encoded with it. `on_plan(n)` is
-    told how many passages will be embedded before the first is.
+    rows to embed), the codec is fitted on the first FIT_TOKENS tokens in a fixed
+    random order (on all of them in row order when they are fewer): of every
+    passage, embedded, without an old store; else of the new states and the old
+    codes decoded (`_refit_from_codes`), and everything is encoded with it.
+    `on_plan(n)` is told how many passages will be embedded before the first is.
     """
     reuse = {i: old_rows[k] for i, k in enumerate(keys) if old is not None and k in old_rows and i not in must_embed}
     todo = [i for i in range(len(keys)) if i not in reuse]
-    refit = old is None or old.needs_refit(new_tokens(todo) + sum(int(old.offsets[j + 1] - old.offsets[j]) for j in reuse.values()))
+    if old is not None and old.needs_refit(new_tokens(todo) + sum(int(old.offsets[j + 1] - old.offsets[j]) for j in reuse.values())):
+        return _refit_from_codes(keys, embed, old, reuse, todo, new_tokens, on_plan), len(todo)
+    refit = old is None
     if refit:
         reuse = {}
         # A fixed pseudo-random order, so the codec's sample covers the whole corpus, not its first weeks.
@@ -395,6 +399,56 @@ def build_store(
             return TokenStore.from_encoded(TokenCodec(np.zeros(1, np.float32), np.eye(1, dtype=np.float32)), 0, []), 0
         codec, fitted = _fit_and_encode(held, encoded)
     return TokenStore.from_encoded(codec, fitted, encoded), len(todo)
+
+
+def _refit_from_codes(keys: list[str], embed: Embed, old: TokenStore, reuse: dict[int, int], todo: list[int],
+                      new_tokens: Callable[[list[int]], int], on_plan: Callable[[int], None] | None) -> TokenStore:
+    """A store with a codec refitted for a grown index, embedding only the rows in `todo`: the
+    stored codes of the others, decoded, stand in for their states, in the fit and when encoded
+    again with the new codec, so no passage is embedded twice over the life of an index (#22).
+
+    The fit takes the first FIT_TOKENS tokens in the same fixed pseudo-random order as a first
+    build (`new_tokens` estimates the new rows' counts). New rows in that sample are embedded
+    first and held until the fit; the rest are encoded as they come, so what is held in float32
+    stays bounded by the sample, as in a first build."""
+    def stored(i: int) -> int:
+        return int(old.offsets[reuse[i] + 1] - old.offsets[reuse[i]])
+
+    sample, counted = [], 0
+    for i in sorted(range(len(keys)), key=lambda i: hashlib.blake2b(keys[i].encode(), digest_size=8).digest()):
+        if counted >= FIT_TOKENS:
+            break
+        sample.append(i)
+        counted += stored(i) if i in reuse else new_tokens([i])
+    in_sample = set(sample)
+    waiting = {i for i in todo if i in in_sample}
+    if on_plan:
+        on_plan(len(todo))
+    encoded: list[Encoded | None] = [None] * len(keys)
+    held: dict[int, np.ndarray] = {}
+    codec: TokenCodec | None = None
+    fitted = 0
+
+    def fit() -> tuple[TokenCodec, int]:
+        parts = {i: held[i] if i in held else old.states(reuse[i]) for i in sorted(sample)}
+        return TokenCodec.fit_parts(parts.values()), sum(len(x) for x in parts.values())
+
+    for rows, states in embed([i for i in todo if i in in_sample] + [i for i in todo if i not in in_sample]):
+        for i, st in zip(rows, states):
+            if codec is None:
+                held[i] = st
+            else:
+                encoded[i] = codec.encode(st)
+        if codec is None and waiting <= held.keys():
+            codec, fitted = fit()
+            for i, st in held.items():
+                encoded[i] = codec.encode(st)
+            held = {}
+    if codec is None:  # nothing new to embed
+        codec, fitted = fit()
+    for i, j in reuse.items():
+        encoded[i] = codec.encode(old.states(j))
+    return TokenStore.from_encoded(codec, fitted, encoded)
 
 
 def _fit_and_encode(held: dict[int, np.ndarray], encoded: list) -> tuple[TokenCodec, int]:

@@ -121,16 +121,43 @@ def test_incremental_build_embeds_tokens_of_changed_passages_only(notes: Path, t
         assert len(idx.tokens) == idx.size
 
 
-def test_index_that_doubles_refits_the_codec_and_reencodes_everything(notes: Path, tmp_path: Path, fake_encoder):
+def test_index_that_doubles_refits_the_codec_from_its_codes_without_embedding_them_again(notes: Path, tmp_path: Path, fake_encoder):
     build_index([notes], tmp_path / "idx", fake_encoder)
+    with open_index(tmp_path / "idx") as idx:
+        first_fit = idx.tokens.fitted_tokens
     for i in range(3):
         shutil.copy(notes / "week3.md", notes / f"week{4 + i}.md")
         (notes / f"week{4 + i}.md").write_text((notes / "week3.md").read_text(encoding="utf-8").replace("3주차", f"{4 + i}주차")
                                                .replace("모델이다", f"모델이다 {i}번째"), encoding="utf-8")
     summary = build_index([notes], tmp_path / "idx", fake_encoder)
-    assert summary.tokens_embedded == summary.passages > summary.embedded
+    assert summary.tokens_embedded == summary.embedded < summary.passages
     with open_index(tmp_path / "idx") as idx:
-        assert idx.tokens.fitted_tokens == idx.tokens.total_tokens
+        assert first_fit < idx.tokens.fitted_tokens == idx.tokens.total_tokens  # refitted on every token
+        again = [idx.tokens.states(r) for r in range(idx.size)]
+    fresh = build_index([notes], tmp_path / "fresh", FakeEncoder())
+    with open_index(tmp_path / "fresh") as idx:  # decoded twice, the old passages' tokens stay close to a fresh fit's
+        for r in range(fresh.passages):
+            assert np.mean(np.sum(again[r] * idx.tokens.states(r), axis=1)) > 0.97
+
+
+def test_ten_weekly_builds_embed_each_passage_once(tmp_path: Path):
+    """A week a build, as a group adds them: the codec refits as the index doubles (weeks 2, 4, 8
+    under the rule), and still no passage is embedded twice, vector or tokens."""
+    from synthetic import write_weeks
+
+    weeks = write_weeks(tmp_path / "all", weeks=10, topics=2, reviews=2, paragraphs=2, sentences=3)
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    encoder = FakeEncoder()
+    fits = []
+    for w in range(1, 11):
+        shutil.copy(weeks / f"week{w}.md", notes)
+        build_index([notes], tmp_path / "idx", encoder)
+        with open_index(tmp_path / "idx") as idx:
+            fits.append(idx.tokens.fitted_tokens)
+            texts = [p.embed_text for p in idx.passages()]
+    assert len(set(fits)) >= 3  # refitted more than once on the way
+    assert sorted(encoder.embedded) == sorted(texts) and sorted(encoder.token_embedded) == sorted(texts)
 
 
 def _more_weeks(notes: Path, n: int) -> None:
@@ -176,6 +203,16 @@ def test_a_build_holds_the_states_of_the_codec_sample_and_a_chunk_not_every_pass
     assert embedded == 12 and len(store) == 12 and store.fitted_tokens == 10
     # the first two chunks are the sample; after the fit nothing earlier than the current chunk is alive
     assert max(held_at_request[3:]) <= 2, held_at_request
+
+    # A refit of a grown store (12 stored, 12 new: twice the tokens) holds the sample's new states, then a chunk.
+    alive.clear()
+    held_at_request.clear()
+    keys = [f"k{i}" for i in range(12)] + [f"n{i}" for i in range(12)]
+    grown, embedded = token_store.build_store(keys, embed, store, {f"k{i}": i for i in range(12)}, set(),
+                                              lambda rows: 5 * len(rows))
+    assert embedded == 12 and len(grown) == 24 and 10 <= grown.fitted_tokens < grown.total_tokens
+    # the sample (two passages' tokens) is embedded first; past it, at most it and a chunk are alive
+    assert len(held_at_request) == 6 and max(held_at_request[2:]) <= 4, held_at_request
 
 
 def test_damaged_token_file_is_a_one_line_error(notes: Path, tmp_path: Path, fake_encoder):
