@@ -44,7 +44,7 @@ from .notes.reader import Problem
 from .notes.terms import QuerySegmenter
 from .storage import CheckReport, Filters, IndexInfo, LateScores, Paper, StoredPassage, Written
 from .store.bm25 import LexicalIndex
-from .store.index import MANIFEST, Writer, current_generation, read_settings, unit_rows_ok
+from .store.index import MANIFEST, SETTINGS, Writer, current_generation, read_settings, unit_rows_ok
 
 PREFIX = "qdrant:"
 BACKEND = "qdrant-edge"
@@ -153,14 +153,9 @@ class QdrantIndex:
         self.manifest = manifest
         self._shard = shard
         records, ids = [], []
-        offset = None
-        while True:
-            page, offset = shard.scroll(_scroll(filter=_filter(_kind("passage")), offset=offset))
-            for rec in page:
-                records.append(_passage(rec.payload))
-                ids.append(str(rec.id))
-            if offset is None:
-                break
+        for rec in _scroll_all(shard, _filter(_kind("passage"))):
+            records.append(_passage(rec.payload))
+            ids.append(str(rec.id))
         order = sorted(range(len(records)), key=lambda i: records[i].row)
         self._passages = [records[i] for i in order]
         self.ids = [ids[i] for i in order]
@@ -220,12 +215,7 @@ class QdrantIndex:
             must.append(FieldCondition("week", range=RangeFloat(gte=filters.weeks[0], lte=filters.weeks[1])))
         if filters.section is not None:
             must.append(FieldCondition("section", match=MatchValue(filters.section.value)))
-        rows, offset = [], None
-        while True:
-            page, offset = self._shard.scroll(_scroll(filter=_filter(*must), offset=offset, with_payload=["row"]))
-            rows += [rec.payload["row"] for rec in page]
-            if offset is None:
-                break
+        rows = [rec.payload["row"] for rec in _scroll_all(self._shard, _filter(*must), with_payload=["row"])]
         return np.array(sorted(rows), dtype=np.int64)
 
     def _query(self, query, using: str, limit: int, ids: Iterable[str] | None, kind: str = "passage") -> list:
@@ -335,10 +325,17 @@ def _filter(*must):
     return Filter(must=list(must))
 
 
-def _scroll(filter, offset=None, with_payload=True):
+def _scroll_all(shard, filter, with_payload=True):
+    """Every point `filter` matches, page by page."""
     from qdrant_edge import ScrollRequest
 
-    return ScrollRequest(offset=offset, limit=1000, filter=filter, with_payload=with_payload, with_vector=False)
+    offset = None
+    while True:
+        page, offset = shard.scroll(ScrollRequest(offset=offset, limit=1000, filter=filter, with_payload=with_payload,
+                                                  with_vector=False))
+        yield from page
+        if offset is None:
+            return
 
 
 def open_qdrant(folder: Path | str) -> QdrantIndex:
@@ -400,7 +397,7 @@ class QdrantWriter(Writer):
         reuse = old is not None and not full and (old.manifest["model_id"], old.manifest["dim"]) == (encoder.model_id, encoder.dim)
         ids = passage_ids(records)
         before = dict(zip(old.ids, old.passages())) if reuse else {}
-        if reuse and old.manifest["roots"] == roots and before == dict(zip(ids, records)) and (self.index_dir / "settings.json").is_file():
+        if reuse and old.manifest["roots"] == roots and before == dict(zip(ids, records)) and (self.index_dir / SETTINGS).is_file():
             return Written(0, 0, 0.0, written=False)
         if reuse:
             shutil.copytree(old.folder / SHARD, self.tmp / SHARD, copy_function=_copy_sparse)
@@ -464,12 +461,8 @@ class QdrantWriter(Writer):
         members: dict[str, list[str]] = {}
         for r, pid in zip(records, ids):
             members.setdefault(key(r), []).append(pid)
-        existing, offset = {}, None
-        while True:
-            page, offset = shard.scroll(_scroll(filter=_filter(_kind(kind)), offset=offset, with_payload=["members"]))
-            existing.update({str(rec.id): rec.payload.get("members") for rec in page})
-            if offset is None:
-                break
+        existing = {str(rec.id): rec.payload.get("members")
+                    for rec in _scroll_all(shard, _filter(_kind(kind)), with_payload=["members"])}
         changed = {gid: pids for gid, pids in members.items() if existing.get(gid) != _members_digest(pids)}
         stored = set().union(*changed.values()) - states.keys() if changed else set()
         for rec in shard.retrieve(sorted(stored), with_payload=False, with_vector=[TOKENS]) if stored else []:
