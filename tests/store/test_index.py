@@ -163,3 +163,22 @@ def test_paper_bm25_is_stored_checksummed_and_scores_each_row_as_its_paper(notes
         terms = idx.lexical.terms("reverberation")
         hit = {p.paper_key for p in passages if idx.paper_lexical.scores_for(terms)[p.row] > 0}
         assert hit == {p.paper_key for p in passages if "reverberation" in p.text}
+
+
+def test_a_generation_checksummed_with_blake2b_by_an_older_version_still_verifies(notes: Path, tmp_path: Path, fake_encoder):
+    import hashlib
+
+    build_index([notes], tmp_path / "idx", fake_encoder)
+    gen = tmp_path / "idx" / (tmp_path / "idx" / CURRENT).read_text().strip()
+    manifest = json.loads((gen / "manifest.json").read_text())
+    manifest["checksums"] = {rel: hashlib.blake2b((gen / rel).read_bytes(), digest_size=16).hexdigest()
+                             for rel in manifest["checksums"]}
+    (gen / "manifest.json").write_text(json.dumps(manifest))
+    (gen / "manifest.crc32").unlink()  # that version wrote none
+    with open_index(tmp_path / "idx", verify=True) as idx:
+        assert idx.check().passages == idx.size
+    data = bytearray((gen / "dense.faiss").read_bytes())
+    data[-5] ^= 1
+    (gen / "dense.faiss").write_bytes(bytes(data))
+    with pytest.raises(IndexDamaged, match="dense.faiss is damaged"):
+        open_index(tmp_path / "idx", verify=True)
