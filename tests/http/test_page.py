@@ -187,6 +187,13 @@ def test_search_related_filter_and_phone_width(browser, base_url):
         assert driver.execute_script("return window.innerWidth") == 390
         assert no_horizontal_scroll(driver)
         assert driver.find_element(By.NAME, "week").is_displayed()
+        # every score and label on one line (the score had wrapped mid-number: 0. / 84 / 8)
+        lines = driver.execute_script("""
+            return [...document.querySelectorAll('.score, .meta dt')].map(e => {
+                const style = getComputedStyle(e), size = parseFloat(style.fontSize);
+                const line = parseFloat(style.lineHeight) || size * 1.4;
+                return e.getBoundingClientRect().height / line; });""")
+        assert lines and max(lines) < 1.5, lines
         shot(driver, "search-phone.png")
         driver.get(base_url + "/papers")
         assert no_horizontal_scroll(driver)
