@@ -3,7 +3,8 @@
 
 The folder keeps the local store's discipline (store/index.py): `CURRENT` names the live
 generation, `settings.json` what it was built from, `.lock` is held by a build. A generation is
-`manifest.json` and `shard/`. One point per passage carries its public fields and what a rebuild
+`manifest.json`, `shard/` and `paper_lexical/` (the paper-level BM25, as the local backend keeps
+it). One point per passage carries its public fields and what a rebuild
 needs as payload, and three vectors: `dense` (the passage vector), `tokens` (its token states, a
 MaxSim multivector in float16) and `bm25` (its BM25 term weights without IDF, as a sparse vector
 the engine applies IDF to). One point per review and one per paper carry the tokens of all their
@@ -17,9 +18,10 @@ live. Shards are written without a WAL, by the build that made them only, so any
 readers (a server, a CLI query) can open the live one at once.
 
 What differs from the local backend: passages are held in memory once a reader opens the index
-(rows, metadata, paper groups and the BM25 vocabulary come from them); paper-level BM25 is
-computed from the stored terms in the process; the BM25 weights of passages a build did not
-touch keep the corpus statistics (average length) of the build that wrote them.
+(rows, metadata, paper groups and the BM25 vocabulary come from them); paper-level BM25 has no
+per-point form and is scored from its own files, written by each build; the BM25 weights of
+passages a build did not touch keep the corpus statistics (average length) of the build that
+wrote them.
 """
 
 from __future__ import annotations
@@ -42,19 +44,20 @@ from .model.protocol import Encoder, Progress
 from .model.tokens import unit_rows
 from .notes.reader import Problem
 from .notes.terms import QuerySegmenter
-from .storage import CheckReport, Filters, IndexInfo, LateScores, Paper, StoredPassage, Written
+from .storage import (CheckReport, ClosedOnExit, Filters, IndexInfo, LateScores, Paper, StoredPassage, Written, counts,
+                      paper_groups)
 from .store.bm25 import LexicalIndex
-from .store.index import MANIFEST, SETTINGS, Writer, current_generation, read_settings, unit_rows_ok
+from .store.index import (MANIFEST, PAPER_LEXICAL, SETTINGS, Writer, created_now, current_generation, read_settings,
+                          unit_rows_ok)
+from .store.update import EMBED_CHUNK
 
 PREFIX = "qdrant:"
 BACKEND = "qdrant-edge"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added paper_lexical/
 SHARD = "shard"
 DENSE, TOKENS, REVIEW, PAPER, BM25 = "dense", "tokens", "review", "paper", "bm25"
 KIND = "kind"  # payload field: passage, review or paper
-# Passages embedded per call to the model, and points sent per upsert.
-EMBED_CHUNK = 256
-UPSERT_BATCH = 64
+UPSERT_BATCH = 64  # points sent per upsert
 
 
 def _engine():
@@ -145,7 +148,7 @@ def _passage(payload: dict) -> StoredPassage:
     return StoredPassage(**{k: payload[k] for k in StoredPassage.__dataclass_fields__})
 
 
-class QdrantIndex:
+class QdrantIndex(ClosedOnExit):
     """One live generation of a `qdrant:` index: a storage.Backend. Usable with `with`."""
 
     def __init__(self, folder: Path, manifest: dict, shard):
@@ -179,11 +182,8 @@ class QdrantIndex:
         return [self._passages[int(r)] for r in rows if 0 <= int(r) < self.size]
 
     def paper_groups(self, rows: Iterable[int]) -> list[list[list[int]]]:
-        papers: dict[tuple, dict[int, list[int]]] = {}
-        for row in sorted(int(r) for r in rows):
-            p = self._passages[row]
-            papers.setdefault((p.path, p.topic_no), {}).setdefault(p.review_no, []).append(row)
-        return [list(reviews.values()) for reviews in papers.values()]
+        ps = self._passages
+        return paper_groups((int(r), ps[int(r)].path, ps[int(r)].topic_no, ps[int(r)].review_no) for r in rows)
 
     def papers(self) -> list[Paper]:
         groups: dict[tuple, list[StoredPassage]] = {}
@@ -253,22 +253,17 @@ class QdrantIndex:
 
         if not terms:
             return {}
-        counts = Counter(_term_id(t) for t in terms)
-        query = SparseVector(list(counts), [float(v) for v in counts.values()])
+        repeats = Counter(_term_id(t) for t in terms)
+        query = SparseVector(list(repeats), [float(v) for v in repeats.values()])
         ids = None if allowed is None else [self.ids[int(r)] for r in allowed]
         return {r: s for r, s in self._rows(self._query(query, BM25, limit, ids)).items() if s > 0}
 
     @cached_property
     def _paper_lexical(self) -> LexicalIndex:
-        papers: dict[tuple, int] = {}
-        return LexicalIndex.build([p.terms.split() for p in self._passages],
-                                  [papers.setdefault(p.paper_key, len(papers)) for p in self._passages])
+        return LexicalIndex.load_for(self.folder / PAPER_LEXICAL, self.size, self.damaged)
 
     def paper_lexical_scores(self, terms: list[str], rows: Iterable[int]) -> dict[int, float]:
-        if not terms:
-            return {}
-        scores = self._paper_lexical.scores_for(terms)
-        return {r: float(scores[r]) for r in rows if scores[r] > 0}
+        return self._paper_lexical.scores_of(terms, rows)
 
     def late_scores(self, query: np.ndarray, papers: list[list[list[int]]]) -> LateScores:
         """The three MaxSim levels from the engine: the passage, review and paper multivectors of the rows.
@@ -311,12 +306,6 @@ class QdrantIndex:
 
     def close(self) -> None:
         self._shard.close()
-
-    def __enter__(self) -> "QdrantIndex":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _filter(*must):
@@ -410,13 +399,10 @@ class QdrantWriter(Writer):
             shard.optimize()
         finally:
             shard.close()
-        per_file = Counter(r.path for r in records)
-        manifest = {
-            "backend": BACKEND, "format": FORMAT_VERSION, "model_id": encoder.model_id, "dim": encoder.dim,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": [{"path": f, "passages": n} for f, n in sorted(per_file.items())],
-            "passages": len(records), "reviews": len({r.review_key for r in records}), "roots": list(roots),
-        }
+        (self.tmp / PAPER_LEXICAL).mkdir()
+        LexicalIndex.of_papers(records).save(self.tmp / PAPER_LEXICAL)
+        manifest = {"backend": BACKEND, "format": FORMAT_VERSION, "model_id": encoder.model_id, "dim": encoder.dim,
+                    "created": created_now(), **counts(records), "roots": list(roots)}
         (self.tmp / MANIFEST).write_text(json.dumps(manifest, ensure_ascii=False, indent=1), encoding="utf-8")
         self.commit()
         return Written(embedded, embedded, seconds, written=True)

@@ -211,6 +211,34 @@ class Writer(Protocol):
     def __exit__(self, *exc) -> None: ...
 
 
+class ClosedOnExit:
+    """`with` support for a backend or anything with `close()`."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def paper_groups(rows: Iterable[tuple[int, str, int, int]]) -> list[list[list[int]]]:
+    """(row, path, topic_no, review_no) tuples as rows grouped by review, and reviews by paper, in row order:
+    what `Backend.paper_groups` returns."""
+    papers: dict[tuple, dict[int, list[int]]] = {}
+    for row, path, topic_no, review_no in sorted(rows):
+        papers.setdefault((path, topic_no), {}).setdefault(review_no, []).append(row)
+    return [list(reviews.values()) for reviews in papers.values()]
+
+
+def counts(passages: Sequence[StoredPassage]) -> dict[str, Any]:
+    """What a manifest records of an index's passages: passages per file, passages, reviews."""
+    per_file: dict[str, int] = {}
+    for p in passages:
+        per_file[p.path] = per_file.get(p.path, 0) + 1
+    return {"files": [{"path": f, "passages": n} for f, n in sorted(per_file.items())],
+            "passages": len(passages), "reviews": len({p.review_key for p in passages})}
+
+
 def contents(backend: Backend) -> dict:
     """What `list --json` and the API's /papers show: the index's totals, model and every paper."""
     m = backend.info

@@ -62,6 +62,12 @@ class LexicalIndex:
         return cls(m["data"], m["indices"], m["indptr"], dict(retriever.vocab_dict), len(docs),
                    None if groups is None else np.asarray(groups, dtype=np.int32))
 
+    @classmethod
+    def of_papers(cls, passages: Sequence) -> "LexicalIndex":
+        """BM25 with each paper's passages (all its reviews) as one document, a row scoring as its paper."""
+        papers: dict[tuple, int] = {}
+        return cls.build([p.terms.split() for p in passages], [papers.setdefault(p.paper_key, len(papers)) for p in passages])
+
     def save(self, folder: Path) -> None:
         """Write the index into `folder` in bm25s's file layout (numpy arrays and JSON, no pickle)."""
         for name, array in (("data", self._data), ("indices", self._indices), ("indptr", self._indptr)):
@@ -108,6 +114,17 @@ class LexicalIndex:
                 out[doc][names[t]] = w
         return out
 
+    @classmethod
+    def load_for(cls, folder: Path, rows: int, damaged) -> "LexicalIndex":
+        """`load`, for an index of `rows` passages; anything wrong raises `damaged(message)` naming the folder."""
+        try:
+            lexical = cls.load(folder)
+        except Exception as e:  # numpy and json raise many types for a bad file
+            raise damaged(f"{folder} is damaged ({type(e).__name__})") from e
+        if lexical.size != rows:
+            raise damaged(f"{folder} does not match the passages")
+        return lexical
+
     def terms(self, query: str) -> list[str]:
         """The query's terms that this index knows (stopwords never made it into the vocabulary)."""
         return [t for t in self._segmenter.terms(query) if t in self.vocab]
@@ -119,6 +136,13 @@ class LexicalIndex:
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every row for the query (zeros when no term matches)."""
         return self.scores_for(self.terms(query))
+
+    def scores_of(self, terms: list[str], rows) -> dict[int, float]:
+        """The given rows' scores for already segmented query terms, for rows that scored at all."""
+        if not terms:
+            return {}
+        scores = self.scores_for(terms)
+        return {r: float(scores[r]) for r in rows if scores[r] > 0}
 
     def scores_for(self, terms: list[str]) -> np.ndarray:
         """BM25 score of every row for already segmented query terms."""

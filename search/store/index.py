@@ -32,7 +32,6 @@ import shutil
 import sqlite3
 import time
 import zlib
-from collections import Counter
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -40,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 import numpy as np
 
 from ..errors import BadRequest, DiskError, IndexBusy, IndexDamaged, IndexUnavailable, NoIndex
-from ..storage import PASSAGE_FIELDS, CheckReport, Filters, IndexInfo, LateScores, Paper, Settings, StoredPassage
+from ..storage import (PASSAGE_FIELDS, CheckReport, ClosedOnExit, Filters, IndexInfo, LateScores, Paper, Settings,
+                       StoredPassage, counts, paper_groups)
 from .bm25 import LexicalIndex
 
 if TYPE_CHECKING:
@@ -124,8 +124,18 @@ def _write_atomically(path: Path, text: str) -> None:
 _CRC = "crc32:"
 
 
+def created_now() -> str:
+    """A manifest's `created`: UTC, to the second."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _crc_text(crc: int) -> str:
+    """A CRC-32 as a manifest records it."""
+    return f"{_CRC}{crc:08x}"
+
+
 def _digest(data: bytes) -> str:
-    return f"{_CRC}{zlib.crc32(data):08x}"
+    return _crc_text(zlib.crc32(data))
 
 
 def _file_digest(path: Path, like: str | None = None, unreadable_ok: bool = False) -> str:
@@ -145,7 +155,7 @@ def _file_digest(path: Path, like: str | None = None, unreadable_ok: bool = Fals
             crc = 0
             while chunk := f.read(1 << 20):
                 crc = zlib.crc32(chunk, crc)
-            return f"{_CRC}{crc:08x}"
+            return _crc_text(crc)
     except OSError as e:
         if not unreadable_ok:
             raise
@@ -181,7 +191,7 @@ def faiss_index_for(vectors: np.ndarray):
     return index
 
 
-class Index:
+class Index(ClosedOnExit):
     """One loaded generation of the index: manifest, vectors and passage metadata; the `local`
     storage.Backend. Usable with `with`."""
 
@@ -229,13 +239,7 @@ class Index:
 
     def _load_lexical(self, name: str) -> LexicalIndex:
         self.verify_part(name)
-        try:
-            lexical = LexicalIndex.load(self.folder / name)
-        except Exception as e:  # numpy and json raise many types for a bad file
-            raise self.damaged(f"{self.folder / name} is damaged ({type(e).__name__})") from e
-        if lexical.size != self.size:
-            raise self.damaged(f"{self.folder / name} does not match the passages")
-        return lexical
+        return LexicalIndex.load_for(self.folder / name, self.size, self.damaged)
 
     @property
     def tokens(self):
@@ -291,10 +295,7 @@ class Index:
 
         Reads no passage text.
         """
-        papers: dict[tuple, dict[int, list[int]]] = {}
-        for row, path, topic_no, review_no in sorted(self._by_rows("row, path, topic_no, review_no", [int(r) for r in rows])):
-            papers.setdefault((path, topic_no), {}).setdefault(review_no, []).append(row)
-        return [list(reviews.values()) for reviews in papers.values()]
+        return paper_groups(self._by_rows("row, path, topic_no, review_no", [int(r) for r in rows]))
 
     def papers(self) -> list[Paper]:
         """Every reviewed paper, in week, file and topic order."""
@@ -362,10 +363,7 @@ class Index:
 
     def paper_lexical_scores(self, terms: list[str], rows: Iterable[int]) -> dict[int, float]:
         """BM25 of each given row's paper (all its reviews' passages as one document), for rows whose paper matched."""
-        if not terms:
-            return {}
-        scores = self.paper_lexical.scores_for(terms)
-        return {r: float(scores[r]) for r in rows if scores[r] > 0}
+        return self.paper_lexical.scores_of(terms, rows)
 
     def late_scores(self, query: np.ndarray, papers: list[list[list[int]]]) -> LateScores:
         """MaxSim at three levels from the stored token codes (TokenStore.late_scores)."""
@@ -447,12 +445,6 @@ class Index:
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> "Index":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _check_folder(index_dir: Path) -> None:
@@ -717,17 +709,9 @@ class Writer:
         if len(tokens) != len(passages):
             raise ValueError(f"{len(passages)} passages but {len(tokens)} token states")
         tokens.save(self.tmp / TOKENS)
-        per_file = Counter(p.path for p in passages)
         manifest = Manifest(
-            format=FORMAT_VERSION,
-            model_id=model_id,
-            dim=dim,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            files=[{"path": f, "passages": n} for f, n in sorted(per_file.items())],
-            passages=len(passages),
-            reviews=len({p.review_key for p in passages}),
-            roots=list(roots),
-            checksums=_checksums(self.tmp),
+            format=FORMAT_VERSION, model_id=model_id, dim=dim, created=created_now(), **counts(passages),
+            roots=list(roots), checksums=_checksums(self.tmp),
         )
         text = json.dumps(asdict(manifest), ensure_ascii=False, indent=1).encode("utf-8")
         (self.tmp / MANIFEST).write_bytes(text)

@@ -62,10 +62,8 @@ class LocalWriter(Writer):
             lambda rows: sum(encoder.count_tokens(texts[i]) for i in rows), on_plan=on_start,
         )
         embed_seconds = time.perf_counter() - embed_start
-        terms = [r.terms.split() for r in records]
-        papers: dict[tuple, int] = {}
-        lexical = LexicalIndex.build(terms)
-        paper_lexical = LexicalIndex.build(terms, [papers.setdefault(r.paper_key, len(papers)) for r in records])
+        lexical = LexicalIndex.build([r.terms.split() for r in records])
+        paper_lexical = LexicalIndex.of_papers(records)
         self.write(encoder.model_id, encoder.dim, roots, records, vectors, lexical, paper_lexical, tokens)
         self.commit()
         return Written(len(todo), tokens_embedded, embed_seconds, written=True)
