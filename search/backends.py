@@ -21,9 +21,11 @@ def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
     `verify` checks everything against its checksums before answering; by
     default the backend decides (the local one verifies small generations whole).
     """
-    from .qdrant import location_path, open_qdrant
+    from .qdrant import location_path
 
     if (folder := location_path(location)) is not None:
+        from .qdrant.embedded import open_qdrant
+
         return open_qdrant(folder)
     from .store.index import open_index
 
@@ -47,9 +49,11 @@ def read_settings(location: Path | str) -> Settings:
 
 def open_writer(location: Path | str) -> Writer:
     """A build's writer for the index at `location` (use it with `with`: it takes the build lock)."""
-    from .qdrant import QdrantWriter, location_path
+    from .qdrant import location_path
 
     if (folder := location_path(location)) is not None:
+        from .qdrant.embedded import QdrantWriter
+
         return QdrantWriter(folder)
     from .store.update import LocalWriter
 

@@ -1,4 +1,4 @@
-"""The embedded Qdrant backend (search/qdrant.py): incremental builds send only what changed,
+"""The embedded Qdrant backend (search/qdrant/embedded.py): incremental builds send only what changed,
 a failed build leaves the live generation answering, bad locations are one-line errors."""
 
 from __future__ import annotations

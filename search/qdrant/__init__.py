@@ -1,0 +1,45 @@
+"""The Qdrant backend: one reader and one way of writing changes (index.py) over two ways of
+reaching Qdrant's engine, told apart by the index location.
+
+- `qdrant:PATH`: embedded (embedded.py): Qdrant Edge shards in a folder of generations, in this
+  process, with the local store's folder discipline.
+- `http(s)://HOST:PORT/COLLECTION`: a Qdrant server or cluster through qdrant-client
+  (server.py), and `qdrant-client:PATH` for qdrant-client's local mode (the same code, no server).
+
+This module only reads locations, so naming a backend imports no engine.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PREFIX = "qdrant:"
+CLIENT_PREFIX = "qdrant-client:"
+# A typer Path option turns `http://h:6333/c` into `http:/h:6333/c`: accept both.
+_URL = re.compile(r"^(https?):/{1,2}([^/]+)/([^/]+)/?$")
+
+
+def location_path(location: Path | str) -> Path | None:
+    """The folder a `qdrant:PATH` location names, or None for a location of another backend."""
+    text = str(location)
+    return Path(text[len(PREFIX):]) if text.startswith(PREFIX) else None
+
+
+def server_location(location: Path | str) -> tuple[str, str] | None:
+    """(url or local-mode path, collection) for a location qdrant-client serves, None for others.
+
+    `qdrant-client:PATH` is qdrant-client's local mode on PATH, with the collection `review-search`.
+    A URL must name its collection: `http(s)://HOST:PORT/COLLECTION`.
+    """
+    text = str(location)
+    if text.startswith(CLIENT_PREFIX):
+        return (CLIENT_PREFIX + str(Path(text[len(CLIENT_PREFIX):]).absolute()), "review-search")
+    if (m := _URL.match(text)) is not None:
+        return (f"{m[1]}://{m[2]}", m[3])
+    return None
+
+
+def is_url(location: Path | str) -> bool:
+    """Whether `location` looks like a URL (so a malformed one is an error, not a folder named `http:`)."""
+    return bool(re.match(r"^https?:/", str(location)))
