@@ -1,11 +1,15 @@
 """Which backend holds the index a location names, and what can be known of it without opening it.
 
 Front ends and builds name an index by location (`--index`); this is the one place that maps a
-location to an engine, importing the engine only when it is named: `qdrant:PATH` is a folder of
-the Qdrant backend (qdrant.py: embedded Qdrant Edge shards), anything else a folder of the `local`
-backend (store/index.py: FAISS + SQLite). Both keep the same folder discipline (a `CURRENT`
-pointer, `settings.json`, a build lock), so what can be known without opening the index is read
-the same way for both.
+location to an engine, importing the engine only when it is named:
+
+- `qdrant:PATH`: a folder of embedded Qdrant Edge shards (qdrant/embedded.py);
+- `http(s)://HOST:PORT/COLLECTION` or `qdrant-client:PATH`: a Qdrant collection reached through
+  qdrant-client (qdrant/server.py);
+- anything else: a folder of the `local` backend (store/index.py: FAISS + SQLite).
+
+The two folder backends keep the same discipline (a `CURRENT` pointer, `settings.json`, a build
+lock), so what can be known of them without opening them is read the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +17,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from .storage import Backend, Settings, Writer
+
+
+def _server(location: Path | str):
+    """qdrant/server.py when `location` names a collection reached through qdrant-client, else None."""
+    from .qdrant import is_url, server_location
+
+    if server_location(location) is None and not is_url(location):
+        return None
+    from .qdrant import server
+
+    return server
 
 
 def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
@@ -23,6 +38,8 @@ def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
     """
     from .qdrant import location_path
 
+    if (server := _server(location)) is not None:
+        return server.open_server(location)
     if (folder := location_path(location)) is not None:
         from .qdrant.embedded import open_qdrant
 
@@ -32,25 +49,12 @@ def open_backend(location: Path | str, verify: bool | None = None) -> Backend:
     return open_index(location, verify)
 
 
-def live_version(location: Path | str) -> str | None:
-    """Which build is live at `location` (None when none is or it cannot be read): a long-running
-    reader compares it between requests to notice a rebuild without reopening the index."""
-    from .store.index import live_generation
-
-    return live_generation(_folder(location))
-
-
-def read_settings(location: Path | str) -> Settings:
-    """The note folders and model the index at `location` was last built with, or Nones when unknown."""
-    from .store.index import read_settings as local_settings
-
-    return local_settings(_folder(location))
-
-
 def open_writer(location: Path | str) -> Writer:
     """A build's writer for the index at `location` (use it with `with`: it takes the build lock)."""
     from .qdrant import location_path
 
+    if (server := _server(location)) is not None:
+        return server.ServerWriter(location)
     if (folder := location_path(location)) is not None:
         from .qdrant.embedded import QdrantWriter
 
@@ -60,15 +64,43 @@ def open_writer(location: Path | str) -> Writer:
     return LocalWriter(location)
 
 
+def live_version(location: Path | str) -> str | None:
+    """Which build is live at `location` (None when none is or it cannot be read): a long-running
+    reader compares it between requests to notice a rebuild without reopening the index."""
+    if (server := _server(location)) is not None:
+        return server.live_version(location)
+    from .store.index import live_generation
+
+    return live_generation(_folder(location))
+
+
+def read_settings(location: Path | str) -> Settings:
+    """The note folders and model the index at `location` was last built with, or Nones when unknown."""
+    if (server := _server(location)) is not None:
+        return server.read_settings(location)
+    from .store.index import read_settings as local_settings
+
+    return local_settings(_folder(location))
+
+
 def holds_an_index(location: Path | str) -> bool:
     """Whether `location` holds (or held) an index, even a damaged one: a rebuild must not guess its notes."""
+    if (server := _server(location)) is not None:
+        return server.holds_an_index(location)
     from .store.index import holds_an_index as local_holds
 
     return local_holds(_folder(location))
 
 
+def location_text(location: Path | str) -> str:
+    """`location` as the user would type it again, for messages (a Path turns `http://` into `http:/`)."""
+    from .qdrant import location_text as text
+
+    return text(location)
+
+
 def _folder(location: Path | str) -> Path:
-    """The folder behind a location of any backend."""
+    """The folder behind a location of a folder backend."""
     from .qdrant import location_path
 
     return location_path(location) or Path(location)

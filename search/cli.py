@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Semantic search over weekly paper-review notes.")
 
-DEFAULT_INDEX = Path("index")
+DEFAULT_INDEX = "index"
 # eval --mode: any ranking mode, or `all` of them side by side (derived from Mode, so it never lags behind)
 EvalMode = Enum("EvalMode", {"ALL": "all", **{m.name: m.value for m in Mode}}, type=str)
-IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder (qdrant:DIR for the Qdrant backend).")
+IndexOpt = typer.Option(DEFAULT_INDEX, "--index", help="Index folder, qdrant:DIR (Qdrant embedded) or "
+                        "http(s)://HOST:PORT/COLLECTION (a Qdrant server).")
 KOpt = typer.Option(DEFAULT_K, "-k", min=1, max=MAX_K, help="How many results.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON for scripts.")
 ReviewerOpt = typer.Option(None, "--reviewer", help="Only this reviewer's notes.")
@@ -49,9 +50,9 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
-def _advice(e: ReviewSearchError, index_dir: Path | None) -> str:
+def _advice(e: ReviewSearchError, index_dir: str | None) -> str:
     """The command that fixes `e`, in this CLI's terms."""
-    where = f" --index {shlex.quote(str(index_dir))}" if index_dir is not None else ""
+    where = f" --index {shlex.quote(index_dir)}" if index_dir is not None else ""
     if e.hint == "build":
         return f"; build one with `review-search index PATH ...{where}`"
     if e.hint == "rebuild":
@@ -65,7 +66,7 @@ def _advice(e: ReviewSearchError, index_dir: Path | None) -> str:
 
 
 @contextmanager
-def clean_errors(index_dir: Path | None = None) -> Iterator[None]:
+def clean_errors(index_dir: str | None = None) -> Iterator[None]:
     """Turn the library's expected failures into one-line messages: bad input exits 2, the rest 1."""
     try:
         yield
@@ -96,7 +97,7 @@ def _console(stderr: bool = False):
 @app.command()
 def index(
     paths: Optional[List[Path]] = typer.Argument(None, help="Review files or folders to add to what the index covers (default: what it was built from, else seeds/)."),
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     model: Optional[str] = typer.Option(None, "--model", help="sentence-transformers model (folder or Hub id); default: the index's model, else multilingual-e5-small offline."),
     full: bool = typer.Option(False, "--full", help="Re-embed everything instead of reusing stored vectors."),
     replace: bool = typer.Option(False, "--replace", help="Cover only PATHS: forget the other folders the index was built from, and their passages."),
@@ -148,7 +149,7 @@ def _rate_column():
     return Rate()
 
 
-def _report_build(summary: "BuildSummary", index_dir: Path, as_json: bool = False, err: bool = False) -> None:
+def _report_build(summary: "BuildSummary", index_dir: str, as_json: bool = False, err: bool = False) -> None:
     """A build's warnings on stderr, then its summary (on stderr with `err`, where stdout belongs to a protocol)."""
     from .safe_text import clean
 
@@ -174,7 +175,7 @@ def _watch_failed(e: Exception) -> None:
     typer.echo(f"warning: index update failed, still watching: {clean(str(e), single_line=True)}", err=True)
 
 
-def _watch_in_background(index_dir: Path, service: "SearchService") -> "Watcher":
+def _watch_in_background(index_dir: str, service: "SearchService") -> "Watcher":
     """For `serve --watch` and `mcp --watch`: update the index from the folders it was built from.
 
     The builds use the service's own model object, so the server holds one model, not two.
@@ -185,7 +186,7 @@ def _watch_in_background(index_dir: Path, service: "SearchService") -> "Watcher"
                            on_error=_watch_failed)
 
 
-def _watch_index(index_dir: Path, roots: list[str], encoder: "Encoder", as_json: bool) -> None:
+def _watch_index(index_dir: str, roots: list[str], encoder: "Encoder", as_json: bool) -> None:
     """`index --watch`: one summary per build until Ctrl-C."""
     from .indexing.watch import watch_index
 
@@ -201,7 +202,7 @@ def _watch_index(index_dir: Path, roots: list[str], encoder: "Encoder", as_json:
 @app.command()
 def query(
     text: str = typer.Argument(..., help="What to look for, in Korean or English."),
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     k: int = KOpt,
     mode: Mode = typer.Option(DEFAULT_MODE, "--mode", help="How to rank."),
     group: Group = typer.Option(DEFAULT_GROUP, "--group", help="review: each review once; passage: raw passages."),
@@ -237,7 +238,7 @@ def query(
 @app.command()
 def related(
     paper: str = typer.Argument(..., metavar="PAPER", help="A reviewed paper: its title, part of it, an acronym (DPR) or a near spelling."),
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     k: int = KOpt,
     group: RelatedGroup = typer.Option(RelatedGroup.REVIEW, "--group", help="review: one entry per review; paper: reviews rolled up."),
     reviewer: Optional[str] = ReviewerOpt,
@@ -270,7 +271,7 @@ def related(
 @app.command()
 def seen(
     paper: str = typer.Argument(..., help="A paper title (any case, partial, near spelling), an arXiv id or URL, or a DOI."),
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Has the group reviewed PAPER? Week, presenter, reviewers and file:line, or the closest titles."""
@@ -294,7 +295,7 @@ def seen(
 @app.command()
 def who(
     text: str = typer.Argument(..., help="The subject, in Korean or English."),
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     k: int = typer.Option(DEFAULT_K, "-k", min=1, max=MAX_K, help="How many people."),
     depth: int = typer.Option(DEPTH, "--depth", min=1, max=MAX_K, help="How many of the best matching reviews count as evidence."),
     mode: Mode = typer.Option(DEFAULT_MODE, "--mode", help="How to rank the reviews."),
@@ -325,7 +326,7 @@ def who(
 
 
 @app.command("list")
-def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
+def list_(index_dir: str = IndexOpt, as_json: bool = JsonOpt) -> None:
     """What the index holds: weeks, papers, presenters, reviewers and passage counts."""
     from .backends import open_backend
     from .storage import contents
@@ -344,7 +345,7 @@ def list_(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
 
 
 @app.command()
-def check(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
+def check(index_dir: str = IndexOpt, as_json: bool = JsonOpt) -> None:
     """Verify the whole index: every file against its checksum and every number a query reads.
 
     Queries check what they read as they go; this reads everything, however
@@ -352,21 +353,23 @@ def check(index_dir: Path = IndexOpt, as_json: bool = JsonOpt) -> None:
     """
     from .backends import open_backend
 
+    from .backends import location_text
+
     with clean_errors(index_dir):
         with open_backend(index_dir, verify=False) as idx:
-            report = idx.check()
+            report, version = idx.check(), idx.info.version
     if as_json:
-        emit_json({"ok": True, "generation": Path(report.where).name, "files": report.files,
+        emit_json({"ok": True, "generation": version, "files": report.files,
                    "bytes": report.bytes, "passages": report.passages})
         return
-    typer.echo(f"{index_dir}: ok, {report.files} files ({report.bytes / 2**20:.1f} MB) and "
-               f"{report.passages} passages verified ({Path(report.where).name})")
+    files = f"{report.files} files ({report.bytes / 2**20:.1f} MB) and " if report.files else ""  # a server keeps no files here
+    typer.echo(f"{location_text(index_dir)}: ok, {files}{report.passages} passages verified ({version})")
 
 
 @app.command("eval")
 def eval_(
     queries: Path = typer.Argument(..., help="Labelled queries (JSON lines in the labelled sets' format; docs/ranking.md)."),
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     mode: EvalMode = typer.Option(EvalMode.ALL, "--mode", help="One mode to score, or all of them side by side."),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -398,7 +401,7 @@ def eval_(
 
 @app.command()
 def serve(
-    index_dir: Path = IndexOpt,
+    index_dir: str = IndexOpt,
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on; anything but loopback exposes the notes to the network."),
     port: int = typer.Option(8765, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
     watch: bool = WatchOpt,
@@ -429,7 +432,7 @@ def serve(
 
 
 @app.command("mcp")
-def mcp_(index_dir: Path = IndexOpt, watch: bool = WatchOpt) -> None:
+def mcp_(index_dir: str = IndexOpt, watch: bool = WatchOpt) -> None:
     """Serve the index to AI assistants over MCP on stdin/stdout (tools: search, related, seen, who, get_review, list_papers, index_status)."""
     from .mcp import run_stdio
     from .service import SearchService

@@ -46,7 +46,7 @@ class SearchService:
     """The loaded index and model; every use runs on its single worker thread (see module doc)."""
 
     def __init__(self, index_dir: Path | str, encoder: Encoder | None = None):
-        self.index_dir = Path(index_dir)
+        self.index_dir = index_dir
         self._given_encoder = None if encoder is None else _one_at_a_time(encoder)
         self._searcher: Searcher | None = None
         self._seen: str | None = None  # the generation last acted on

@@ -1,5 +1,6 @@
-"""The same behaviour from every storage backend (backends.py): the local FAISS + SQLite store and
-the embedded Qdrant engine (`qdrant:PATH`), built from the same notes with the same fake encoder."""
+"""The same behaviour from every storage backend (backends.py): the local FAISS + SQLite store, the
+embedded Qdrant engine (`qdrant:PATH`) and the qdrant-client code path a Qdrant server is reached
+by (`qdrant-client:PATH`, its local mode), built from the same notes with the same fake encoder."""
 
 from __future__ import annotations
 
@@ -21,12 +22,14 @@ from search.rank.searcher import Searcher
 from search.storage import Filters, contents
 
 pytest.importorskip("qdrant_edge")
+pytest.importorskip("qdrant_client")
 
-BACKENDS = ["local", "qdrant"]
+QDRANT = ["qdrant", "qdrant-client"]  # each compared with the local backend
+BACKENDS = ["local", *QDRANT]
 
 
 def location(kind: str, folder: Path) -> str:
-    return str(folder) if kind == "local" else f"qdrant:{folder}"
+    return str(folder) if kind == "local" else f"{kind}:{folder}"
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +51,23 @@ def keys(index, rows) -> list[tuple]:
     return sorted((p.path, p.topic_no, p.review_no, p.passage_no) for p in index.passages(rows))
 
 
+@pytest.mark.parametrize("kind", QDRANT)
 @pytest.mark.parametrize("filters", FILTERS, ids=str)
-def test_filters_allow_the_same_passages(built, filters):
-    with open_backend(built["local"]) as local, open_backend(built["qdrant"]) as qdrant:
+def test_filters_allow_the_same_passages(built, filters, kind):
+    with open_backend(built["local"]) as local, open_backend(built[kind]) as qdrant:
         assert keys(local, local.rows_matching(filters)) == keys(qdrant, qdrant.rows_matching(filters))
 
 
-def test_a_filter_of_one_section_matches_only_it(built):
-    with open_backend(built["qdrant"]) as qdrant:
+@pytest.mark.parametrize("kind", QDRANT)
+def test_a_filter_of_one_section_matches_only_it(built, kind):
+    with open_backend(built[kind]) as qdrant:
         rows = qdrant.rows_matching(Filters(section=Section.METHOD))
         assert len(rows) and {p.section for p in qdrant.passages(rows)} == {"method"}
 
 
-def test_passages_papers_and_reviews_are_the_same(built):
-    with open_backend(built["local"]) as local, open_backend(built["qdrant"]) as qdrant:
+@pytest.mark.parametrize("kind", QDRANT)
+def test_passages_papers_and_reviews_are_the_same(built, kind):
+    with open_backend(built["local"]) as local, open_backend(built[kind]) as qdrant:
         assert local.size == qdrant.size
         assert local.passages() == qdrant.passages()
         assert local.papers() == qdrant.papers()
@@ -79,9 +85,10 @@ QUERIES = ["위스퍼 음성인식", "LoRA 학습 비용", "low-rank adaptation"
 
 @pytest.mark.parametrize("mode", [Mode.LEXICAL, Mode.DENSE, Mode.HYBRID])
 @pytest.mark.parametrize("filters", [{}, {"reviewer": "김철수"}, {"week": "2"}], ids=str)
-def test_exact_modes_give_the_same_hits(built, mode, filters):
+@pytest.mark.parametrize("kind", QDRANT)
+def test_exact_modes_give_the_same_hits(built, mode, filters, kind):
     encoder = FakeEncoder()
-    with open_backend(built["local"]) as local, open_backend(built["qdrant"]) as qdrant:
+    with open_backend(built["local"]) as local, open_backend(built[kind]) as qdrant:
         for query in QUERIES:
             request = SearchRequest.parse(query, k=10, mode=mode.value, **filters)
             a, b = Searcher(local, encoder).search(request), Searcher(qdrant, encoder).search(request)
@@ -89,11 +96,12 @@ def test_exact_modes_give_the_same_hits(built, mode, filters):
             assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits], abs=1e-4)
 
 
-def test_late_mode_ranks_alike_from_engine_maxsim(built):
+@pytest.mark.parametrize("kind", QDRANT)
+def test_late_mode_ranks_alike_from_engine_maxsim(built, kind):
     """The engine's MaxSim runs on float16 states, the local one on 4-bit codes: scores agree to
     the codec's error and the best review is the same."""
     encoder = FakeEncoder()
-    with open_backend(built["local"]) as local, open_backend(built["qdrant"]) as qdrant:
+    with open_backend(built["local"]) as local, open_backend(built[kind]) as qdrant:
         for query in QUERIES:
             request = SearchRequest.parse(query, k=5)
             a, b = Searcher(local, encoder).search(request), Searcher(qdrant, encoder).search(request)
@@ -101,10 +109,11 @@ def test_late_mode_ranks_alike_from_engine_maxsim(built):
             assert [h.maxsim for h in a.hits] == pytest.approx([h.maxsim for h in b.hits], abs=0.03)
 
 
-def test_late_scores_are_means_over_the_query_tokens(built):
+@pytest.mark.parametrize("kind", QDRANT)
+def test_late_scores_are_means_over_the_query_tokens(built, kind):
     encoder = FakeEncoder()
     tokens = encoder.embed_query_tokens("LoRA 학습 비용")
-    with open_backend(built["local"]) as local, open_backend(built["qdrant"]) as qdrant:
+    with open_backend(built["local"]) as local, open_backend(built[kind]) as qdrant:
         groups = local.paper_groups(range(local.size))
         a, b = local.late_scores(tokens, groups), qdrant.late_scores(tokens, groups)
         for level in ("paper", "review", "passage"):

@@ -1,5 +1,6 @@
-"""The embedded Qdrant backend (search/qdrant/embedded.py): incremental builds send only what changed,
-a failed build leaves the live generation answering, bad locations are one-line errors."""
+"""The Qdrant backend, embedded (search/qdrant/embedded.py) and through qdrant-client
+(search/qdrant/server.py, on its local mode): incremental builds send only what changed, a failed
+build leaves the live build answering, bad locations are one-line errors."""
 
 from __future__ import annotations
 
@@ -15,32 +16,35 @@ from search.backends import open_backend
 from search.cli import app
 from search.indexing.build import build_index
 
-qdrant_edge = pytest.importorskip("qdrant_edge")
+pytest.importorskip("qdrant_edge")
+pytest.importorskip("qdrant_client")
+
+from search.qdrant.embedded import EdgeEngine  # noqa: E402
+from search.qdrant.server import MAX_GEN, ServerView  # noqa: E402
+
+KINDS = ["qdrant", "qdrant-client"]  # embedded, and the code path a Qdrant server is reached by
+ENGINES = {"qdrant": EdgeEngine, "qdrant-client": ServerView}
 
 
 class Sent:
-    """Records the points and deletions each build sends to the engine (qdrant_edge.UpdateOperation wrapped)."""
+    """Records the points and deletions each build sends to the engine (the Engine's upsert and delete wrapped)."""
 
-    def __init__(self, monkeypatch):
+    def __init__(self, monkeypatch, kind: str):
         self.upserted: list[str] = []  # payload kind of every upserted point
         self.deleted = 0
-        real = qdrant_edge.UpdateOperation
-        sent = self
+        engine, sent = ENGINES[kind], self
+        upsert, delete = engine.upsert, engine.delete
 
-        class Spy:
-            @staticmethod
-            def upsert_points(points, *a, **k):
-                sent.upserted += [p.payload["kind"] for p in points]
-                return real.upsert_points(points, *a, **k)
+        def spy_upsert(self, points):
+            sent.upserted += [p.payload["kind"] for p in points]
+            return upsert(self, points)
 
-            @staticmethod
-            def delete_points(ids, *a, **k):
-                sent.deleted += len(ids)
-                return real.delete_points(ids, *a, **k)
+        def spy_delete(self, ids):
+            sent.deleted += len(ids)
+            return delete(self, ids)
 
-            overwrite_payload = staticmethod(real.overwrite_payload)
-
-        monkeypatch.setattr(qdrant_edge, "UpdateOperation", Spy)
+        monkeypatch.setattr(engine, "upsert", spy_upsert)
+        monkeypatch.setattr(engine, "delete", spy_delete)
 
     def passages(self) -> int:
         return self.upserted.count("passage")
@@ -52,13 +56,14 @@ def notes(tmp_path: Path) -> Path:
     return tmp_path / "notes"
 
 
-def test_adding_a_week_upserts_only_its_passages_and_removing_a_file_deletes_them(notes, tmp_path, monkeypatch):
-    where = f"qdrant:{tmp_path / 'q'}"
+@pytest.mark.parametrize("kind", KINDS)
+def test_adding_a_week_upserts_only_its_passages_and_removing_a_file_deletes_them(notes, tmp_path, monkeypatch, kind):
+    where = f"{kind}:{tmp_path / 'q'}"
     new_week = notes / "2주차 정리.md"
     saved = new_week.read_bytes()
     new_week.unlink()
     first = build_index([notes], where, FakeEncoder())
-    sent = Sent(monkeypatch)
+    sent = Sent(monkeypatch, kind)
     new_week.write_bytes(saved)
     encoder = FakeEncoder()
     added = build_index(None, where, encoder)
@@ -81,10 +86,11 @@ def test_adding_a_week_upserts_only_its_passages_and_removing_a_file_deletes_the
         assert str(new_week) not in {p.path for p in index.passages()}
 
 
-def test_a_changed_passage_is_sent_again_with_its_review_and_paper(notes, tmp_path, monkeypatch):
-    where = f"qdrant:{tmp_path / 'q'}"
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_changed_passage_is_sent_again_with_its_review_and_paper(notes, tmp_path, monkeypatch, kind):
+    where = f"{kind}:{tmp_path / 'q'}"
     build_index([notes], where, FakeEncoder())
-    sent = Sent(monkeypatch)
+    sent = Sent(monkeypatch, kind)
     week = notes / "week1.md"
     week.write_text(week.read_text(encoding="utf-8").replace("68만 시간", "70만 시간"), encoding="utf-8")
     summary = build_index(None, where, FakeEncoder())

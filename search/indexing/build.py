@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..backends import holds_an_index, open_writer, read_settings
+from ..backends import holds_an_index, location_text, open_writer, read_settings
 from ..notes.chunking import Passage, chunk_review
 from ..model.protocol import Encoder, Progress
 from ..errors import BadRequest
@@ -113,7 +113,6 @@ def build_index(
     DiskError if the disk refuses the new generation (the old one stays live).
     """
     started = time.perf_counter()
-    index_dir = Path(index_dir)
     remembered = read_settings(index_dir).roots or []
     roots = build_roots(paths, index_dir, replace_roots)
     # Read before taking the lock: a bad path then fails with no trace in the index folder.
@@ -136,13 +135,13 @@ def build_index(
     return _summary(index_dir, encoder, roots, result, records, done, old, dropped, kept, started, problems)
 
 
-def _summary(index_dir: Path, encoder: Encoder, roots: list[str], result: ReadResult, records: list[StoredPassage],
+def _summary(index_dir: Path | str, encoder: Encoder, roots: list[str], result: ReadResult, records: list[StoredPassage],
              done: Written, old: list[StoredPassage], dropped: list[str], kept: list[StoredPassage],
              started: float, problems: list[Problem]) -> BuildSummary:
     # A passage is gone when its file no longer has that text (copies elsewhere don't count).
     now = {(r.path, r.embed_text) for r in records}
     return BuildSummary(
-        index=str(index_dir),
+        index=location_text(index_dir),
         model=encoder.model_id,
         roots=roots,
         files=len(result.files),

@@ -58,7 +58,7 @@ def _report_error(e: Exception) -> None:
     print(f"warning: rebuild failed, still watching: {e}", file=sys.stderr)
 
 
-def _roots(index_dir: Path, paths: Sequence[str | Path] | None) -> list[str]:
+def _roots(index_dir: Path | str, paths: Sequence[str | Path] | None) -> list[str]:
     roots = build_roots(paths, index_dir)
     missing = [r for r in roots if not Path(r).exists()]
     if missing:
@@ -81,7 +81,7 @@ def _watch_plan(roots: Sequence[str]) -> tuple[list[str], NotesFilter]:
 
 
 def _build(
-    roots: list[str], index_dir: Path, encoder: Encoder, stop: threading.Event, retry_seconds: float
+    roots: list[str], index_dir: Path | str, encoder: Encoder, stop: threading.Event, retry_seconds: float
 ) -> BuildSummary | None:
     """One incremental build, retried while another build holds the lock; None when stopped first."""
     while True:
@@ -114,7 +114,6 @@ def watch_index(
     summary. A file given as a root is watched through its folder (recursively,
     as watchfiles watches), so that saves by rename and deletions are seen.
     """
-    index_dir = Path(index_dir)
     stop = stop_event or threading.Event()
     roots = _roots(index_dir, paths)
     watched, notes_filter = _watch_plan(roots)

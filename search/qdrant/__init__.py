@@ -43,3 +43,9 @@ def server_location(location: Path | str) -> tuple[str, str] | None:
 def is_url(location: Path | str) -> bool:
     """Whether `location` looks like a URL (so a malformed one is an error, not a folder named `http:`)."""
     return bool(re.match(r"^https?:/", str(location)))
+
+
+def location_text(location: Path | str) -> str:
+    """`location` as the user would type it again (a URL with its `//` back)."""
+    parsed = server_location(location)
+    return f"{parsed[0]}/{parsed[1]}" if parsed is not None and is_url(location) else str(location)
