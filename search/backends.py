@@ -4,8 +4,8 @@ Front ends and builds name an index by location (`--index`); this is the one pla
 location to an engine, importing the engine only when it is named:
 
 - `qdrant:PATH`: a folder of embedded Qdrant Edge shards (qdrant/embedded.py);
-- `http(s)://HOST:PORT/COLLECTION` or `qdrant-client:PATH`: a Qdrant collection reached through
-  qdrant-client (qdrant/server.py);
+- `http(s)://HOST:PORT/COLLECTION` (or `qdrant-memory:NAME`, in memory, for tests): a Qdrant
+  collection reached through qdrant-client (qdrant/server.py);
 - anything else: a folder of the `local` backend (store/index.py: FAISS + SQLite).
 
 The two folder backends keep the same discipline (a `CURRENT` pointer, `settings.json`, a build

@@ -1,6 +1,6 @@
 """The same behaviour from every storage backend (backends.py): the local FAISS + SQLite store, the
 embedded Qdrant engine (`qdrant:PATH`) and the qdrant-client code path a Qdrant server is reached
-by (`qdrant-client:PATH`, its local mode), built from the same notes with the same fake encoder."""
+by (`qdrant-memory:NAME`, its in-memory local mode), built from the same notes with the same fake encoder."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from search.storage import Filters, contents
 pytest.importorskip("qdrant_edge")
 pytest.importorskip("qdrant_client")
 
-QDRANT = ["qdrant", "qdrant-client"]  # each compared with the local backend
+QDRANT = ["qdrant", "qdrant-memory"]  # each compared with the local backend
 BACKENDS = ["local", *QDRANT]
 
 

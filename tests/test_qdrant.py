@@ -1,5 +1,5 @@
 """The Qdrant backend, embedded (search/qdrant/embedded.py) and through qdrant-client
-(search/qdrant/server.py, on its local mode): incremental builds send only what changed, a failed
+(search/qdrant/server.py, on its in-memory local mode): incremental builds send only what changed, a failed
 build leaves the live build answering, bad locations are one-line errors."""
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ pytest.importorskip("qdrant_client")
 from search.qdrant.embedded import EdgeEngine  # noqa: E402
 from search.qdrant.server import MAX_GEN, ServerView  # noqa: E402
 
-KINDS = ["qdrant", "qdrant-client"]  # embedded, and the code path a Qdrant server is reached by
-ENGINES = {"qdrant": EdgeEngine, "qdrant-client": ServerView}
+KINDS = ["qdrant", "qdrant-memory"]  # embedded, and the code path a Qdrant server is reached by
+ENGINES = {"qdrant": EdgeEngine, "qdrant-memory": ServerView}
 
 
 class Sent:

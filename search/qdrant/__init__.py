@@ -4,7 +4,8 @@ reaching Qdrant's engine, told apart by the index location.
 - `qdrant:PATH`: embedded (embedded.py): Qdrant Edge shards in a folder of generations, in this
   process, with the local store's folder discipline.
 - `http(s)://HOST:PORT/COLLECTION`: a Qdrant server or cluster through qdrant-client
-  (server.py), and `qdrant-client:PATH` for qdrant-client's local mode (the same code, no server).
+  (server.py); `qdrant-memory:NAME` is qdrant-client's in-memory local mode, the same code with no
+  server, for tests and benchmarks (it lasts as long as the process).
 
 This module only reads locations, so naming a backend imports no engine.
 """
@@ -15,7 +16,7 @@ import re
 from pathlib import Path
 
 PREFIX = "qdrant:"
-CLIENT_PREFIX = "qdrant-client:"
+MEMORY_PREFIX = "qdrant-memory:"
 # A typer Path option turns `http://h:6333/c` into `http:/h:6333/c`: accept both.
 _URL = re.compile(r"^(https?):/{1,2}([^/]+)/([^/]+)/?$")
 
@@ -27,14 +28,15 @@ def location_path(location: Path | str) -> Path | None:
 
 
 def server_location(location: Path | str) -> tuple[str, str] | None:
-    """(url or local-mode path, collection) for a location qdrant-client serves, None for others.
+    """(url or in-memory store, collection) for a location qdrant-client serves, None for others.
 
-    `qdrant-client:PATH` is qdrant-client's local mode on PATH, with the collection `review-search`.
-    A URL must name its collection: `http(s)://HOST:PORT/COLLECTION`.
+    `qdrant-memory:NAME` is an in-memory store of qdrant-client's local mode, with the collection
+    `review-search`. (Its on-disk local mode keeps points pickled, so it is not offered.) A URL
+    must name its collection: `http(s)://HOST:PORT/COLLECTION`.
     """
     text = str(location)
-    if text.startswith(CLIENT_PREFIX):
-        return (CLIENT_PREFIX + str(Path(text[len(CLIENT_PREFIX):]).absolute()), "review-search")
+    if text.startswith(MEMORY_PREFIX):
+        return (text, "review-search")
     if (m := _URL.match(text)) is not None:
         return (f"{m[1]}://{m[2]}", m[3])
     return None

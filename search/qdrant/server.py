@@ -1,6 +1,6 @@
 """The Qdrant backend on a server or cluster, through qdrant-client: `--index http(s)://HOST:PORT/COLLECTION`
-(the API key, if any, from the environment variable QDRANT_API_KEY), or `--index qdrant-client:PATH`
-for qdrant-client's local mode, which runs this same code with no server (one process at a time).
+(the API key, if any, from the environment variable QDRANT_API_KEY), or `qdrant-memory:NAME` for
+qdrant-client's in-memory local mode, which runs this same code with no server (tests, benchmarks).
 
 A server's collection cannot be copied the way embedded.py copies a shard, so builds are versioned
 inside it. Builds are numbered; every point carries the build that wrote it (`gen_from`) and the
@@ -35,7 +35,7 @@ from ..errors import BadRequest, IndexBusy, IndexDamaged, IndexUnavailable, NoIn
 from ..model.protocol import Encoder, Progress
 from ..notes.reader import Problem
 from ..storage import Settings, StoredPassage, Written
-from . import server_location
+from . import MEMORY_PREFIX, server_location
 from .index import (BM25, DENSE, KIND, PAPER, REVIEW, TOKENS, NewPoint, QdrantIndex, Sparse, Where, _uuid,
                     manifest_of, unchanged, write_changes)
 
@@ -61,12 +61,12 @@ class Unreachable(IndexUnavailable):
     """The Qdrant server cannot be reached or refused the request."""
 
 
-_clients: dict[str, list] = {}  # target -> [client, users]: local mode allows one client per folder per process
+_clients: dict[str, list] = {}  # target -> [client, users]; an in-memory store is its client, so it is kept
 _clients_lock = threading.Lock()
 
 
 def _connect(target: str):
-    """A client for `target` (a URL, or `qdrant-client:PATH`), shared within the process."""
+    """A client for `target` (a URL, or `qdrant-memory:NAME`), shared within the process."""
     _models()
     from qdrant_client import QdrantClient
 
@@ -74,18 +74,12 @@ def _connect(target: str):
         if target in _clients:
             _clients[target][1] += 1
             return _clients[target][0]
-        try:
-            if target.startswith("qdrant-client:"):
-                client = QdrantClient(path=target[len("qdrant-client:"):])
-            else:
-                # No version check: it warns from a thread of its own, over the first call's one-line error.
-                client = QdrantClient(url=target, api_key=os.environ.get(API_KEY_VARIABLE) or None, timeout=30,
-                                      check_compatibility=False)
-        except RuntimeError as e:  # local mode: the folder is open in another process
-            raise IndexBusy(f"{target} is open in another process (qdrant-client's local mode serves one process "
-                            "at a time; use a Qdrant server for more)") from e
-        except OSError as e:
-            raise BadRequest(f"{target}: cannot use this folder ({e.strerror or e})") from e
+        if target.startswith(MEMORY_PREFIX):
+            client = QdrantClient(":memory:")
+        else:
+            # No version check: it warns from a thread of its own, over the first call's one-line error.
+            client = QdrantClient(url=target, api_key=os.environ.get(API_KEY_VARIABLE) or None, timeout=30,
+                                  check_compatibility=False)
         _clients[target] = [client, 1]
         return client
 
@@ -105,7 +99,7 @@ def _release(target: str) -> None:
         if entry is None:
             return
         entry[1] -= 1
-        if entry[1] == 0:
+        if entry[1] == 0 and not target.startswith(MEMORY_PREFIX):
             del _clients[target]
             entry[0].close()
 
@@ -238,7 +232,7 @@ class ServerIndex(QdrantIndex):
 
 
 def _describe(target: str, alias: str) -> str:
-    return f"{target}/{alias}" if not target.startswith("qdrant-client:") else target
+    return target if target.startswith(MEMORY_PREFIX) else f"{target}/{alias}"
 
 
 def _open(target: str, alias: str, client) -> ServerIndex:
@@ -427,7 +421,7 @@ class ServerWriter:
             name, vectors_config={DENSE: m.VectorParams(size=dim, distance=m.Distance.DOT), TOKENS: multivector,
                                   REVIEW: multivector, PAPER: multivector},
             sparse_vectors_config={BM25: m.SparseVectorParams(modifier=m.Modifier.IDF)})
-        if not self.target.startswith("qdrant-client:"):  # local mode has no payload indexes
+        if not self.target.startswith(MEMORY_PREFIX):  # local mode has no payload indexes
             for field, schema in ((KIND, m.PayloadSchemaType.KEYWORD), (LOGICAL, m.PayloadSchemaType.KEYWORD),
                                   ("gen_from", m.PayloadSchemaType.INTEGER), ("gen_to", m.PayloadSchemaType.INTEGER),
                                   ("reviewer", m.PayloadSchemaType.KEYWORD), ("section", m.PayloadSchemaType.KEYWORD),
