@@ -20,6 +20,14 @@ def test_batches_hold_texts_of_like_length_and_cover_each_once(monkeypatch):
     assert lengths == sorted(lengths) and all(len(b) <= 2 for b in batches)
 
 
+def test_batches_of_long_texts_are_smaller(monkeypatch):
+    monkeypatch.setattr(encoders, "BATCH_CHARS", 100)
+    texts = ["a" * 10] * 20 + ["b" * 40] * 6
+    batches = list(_length_sorted_batches(texts))
+    assert sorted(i for b in batches for i in b) == list(range(len(texts)))
+    assert [len(b) for b in batches] == [10, 10, 2, 2, 2]  # 10 short texts fill 100 characters, 2 long ones 80
+
+
 @pytest.mark.model
 def test_sorted_batches_give_each_text_its_own_vector_and_tokens(e5_encoder):
     vectors, tokens = e5_encoder.embed_passages_and_tokens(TEXTS)
